@@ -1,0 +1,1 @@
+"""Storage and the posting engine: tables, unit of work, idempotency, outbox."""

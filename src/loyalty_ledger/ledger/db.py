@@ -1,0 +1,213 @@
+"""Engines and the one write path.
+
+SQLite: readers use their own connections (WAL lets them run beside the writer); every write
+goes through `SingleWriter`, one task that owns the only write connection and runs each job in
+its own `BEGIN IMMEDIATE` transaction, so writers never fight for the database lock.
+PostgreSQL: writes run concurrently on a pool; the ledger takes per-wallet row locks in a fixed
+order, and serialization failures and deadlocks are retried a bounded number of times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from loyalty_ledger.domain.errors import ResourceExhausted, Unavailable
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Job = Callable[[AsyncConnection], Awaitable[T]]
+
+# PostgreSQL SQLSTATEs that mean "try the whole transaction again".
+_RETRYABLE_SQLSTATES = {"40001", "40P01"}
+
+
+def is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def ensure_sqlite_folder(url: str) -> None:
+    """Create the folder of a SQLite database file, so a fresh clone just works."""
+    parsed = make_url(url)
+    if is_sqlite(url) and parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _sqlite_engine(url: str, *, write: bool, busy_timeout_ms: int) -> AsyncEngine:
+    ensure_sqlite_folder(url)
+    engine = create_async_engine(url, pool_size=1 if write else 5, max_overflow=0 if write else 5)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let us issue BEGIN ourselves; pysqlite's implicit transactions defer the lock.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        # FULL: an acknowledged commit survives power loss, not just a process crash.
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # The writer takes the write lock up front, so a transaction never fails halfway
+        # on a lock upgrade; readers take a plain deferred snapshot.
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine
+
+
+class SingleWriter:
+    """Runs write jobs one at a time on one connection, in arrival order."""
+
+    def __init__(self, engine: AsyncEngine, queue_max: int) -> None:
+        self._engine = engine
+        self._queue: asyncio.Queue[tuple[Job[Any], asyncio.Future[Any]]] = asyncio.Queue(
+            maxsize=queue_max
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="sqlite-writer")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        while not self._queue.empty():
+            _, future = self._queue.get_nowait()
+            if not future.done():
+                future.set_exception(Unavailable("the server is shutting down"))
+
+    async def submit(self, job: Job[T]) -> T:
+        if self._task is None:
+            raise Unavailable("the writer is not running")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        try:
+            self._queue.put_nowait((job, future))
+        except asyncio.QueueFull:
+            raise ResourceExhausted(
+                f"more than {self._queue.maxsize} writes in flight; retry shortly",
+                reason="WRITE_QUEUE_FULL",
+            ) from None
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            job, future = await self._queue.get()
+            if future.cancelled():
+                continue  # the caller gave up before we started: nothing was done
+            try:
+                async with self._engine.begin() as conn:
+                    result = await job(conn)
+            except Exception as exc:  # handed to the caller, never lost
+                if not future.done():
+                    future.set_exception(_storage_error(exc))
+            else:
+                if not future.done():
+                    future.set_result(result)
+
+
+def _storage_error(exc: Exception) -> Exception:
+    """Turn storage trouble the caller cannot fix (read-only, disk full) into UNAVAILABLE."""
+    if isinstance(exc, OperationalError):
+        text = str(exc.orig) if exc.orig is not None else str(exc)
+        lowered = text.lower()
+        if (
+            "readonly" in lowered
+            or "read-only" in lowered
+            or "disk" in lowered
+            or "full" in lowered
+        ):
+            log.error("storage refused a write: %s", text)
+            return Unavailable(f"storage is not accepting writes: {text}")
+    return exc
+
+
+class Database:
+    """Owns the engines. `read` runs a job on a snapshot; `write` on the one write path."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        writer_queue_max: int = 10_000,
+        sqlite_busy_timeout_ms: int = 5_000,
+        pg_pool_size: int = 10,
+        pg_max_overflow: int = 10,
+        write_retries_max: int = 8,
+    ) -> None:
+        self.url = url
+        self.is_sqlite = is_sqlite(url)
+        self._write_retries_max = write_retries_max
+        self._writer: SingleWriter | None = None
+        if self.is_sqlite:
+            self.read_engine = _sqlite_engine(
+                url, write=False, busy_timeout_ms=sqlite_busy_timeout_ms
+            )
+            self.write_engine = _sqlite_engine(
+                url, write=True, busy_timeout_ms=sqlite_busy_timeout_ms
+            )
+            self._writer = SingleWriter(self.write_engine, writer_queue_max)
+        else:
+            self.write_engine = create_async_engine(
+                url, pool_size=pg_pool_size, max_overflow=pg_max_overflow, pool_pre_ping=True
+            )
+            self.read_engine = self.write_engine
+
+    async def start(self) -> None:
+        if self._writer is not None:
+            self._writer.start()
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            await self._writer.stop()
+        await self.write_engine.dispose()
+        if self.read_engine is not self.write_engine:
+            await self.read_engine.dispose()
+
+    async def read(self, job: Job[T]) -> T:
+        async with self.read_engine.connect() as conn:
+            if not self.is_sqlite:
+                # One snapshot for every statement of the read (SQLite readers have one anyway).
+                await conn.execution_options(isolation_level="REPEATABLE READ")
+            result = await job(conn)
+            await conn.rollback()
+            return result
+
+    async def write(self, job: Job[T]) -> T:
+        if self._writer is not None:
+            return await self._writer.submit(job)
+        attempt = 0
+        while True:
+            try:
+                async with self.write_engine.begin() as conn:
+                    return await job(conn)
+            except DBAPIError as exc:
+                sqlstate = getattr(exc.orig, "sqlstate", None)
+                if sqlstate not in _RETRYABLE_SQLSTATES:
+                    raise _storage_error(exc) from exc
+                if attempt >= self._write_retries_max:
+                    raise Unavailable(
+                        f"write conflicted {attempt + 1} times with concurrent writes; retry",
+                        reason="CONTENTION",
+                    ) from exc
+                attempt += 1
+                # Jittered backoff so the losers of a conflict do not collide again.
+                await asyncio.sleep(random.uniform(0, 0.002 * 2**attempt))

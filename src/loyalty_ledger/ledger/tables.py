@@ -1,0 +1,270 @@
+"""The relational schema (SQLAlchemy Core). Alembic migrations create exactly these tables.
+
+Times are epoch microseconds (UTC) in BIGINT columns named `*_us`; amounts are BIGINT minor
+units next to their asset code. Rule 3 of DESIGN.md is a CHECK constraint on `lots`.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+metadata = MetaData(naming_convention=NAMING)
+
+# SQLite autoincrements only an INTEGER PRIMARY KEY (the rowid alias).
+SeqId = BigInteger().with_variant(Integer(), "sqlite")
+Id = String(64)
+Us = BigInteger
+Amount = BigInteger
+
+schemes = Table(
+    "schemes",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("timezone", String(64), nullable=False),
+    Column("default_expiry_policy", Text, nullable=False),  # JSON, see domain.expiry
+    Column("refund_expired_handling", String(16), nullable=False),
+    Column("refund_grace_seconds", BigInteger, nullable=False),
+    Column("cash_expiry_allowed", Boolean, nullable=False),
+    Column("warning_lead_seconds", Text, nullable=False, server_default="[]"),  # JSON list
+    Column("created_at_us", Us, nullable=False),
+    Column("updated_at_us", Us, nullable=False),
+    Index(None, "created_at_us", "id"),
+)
+
+scheme_assets = Table(
+    "scheme_assets",
+    metadata,
+    Column("scheme_id", Id, ForeignKey("schemes.id"), primary_key=True),
+    Column("code", String(12), primary_key=True),
+    Column("scale", Integer, nullable=False),
+    CheckConstraint("scale >= 0 AND scale <= 6", name="scale_range"),
+)
+
+wallets = Table(
+    "wallets",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("scheme_id", Id, ForeignKey("schemes.id"), nullable=False),
+    Column("customer_ref", String(128), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("status_reason", String(500), nullable=False, server_default=""),
+    Column("merged_into", Id, nullable=True),
+    Column("metadata", Text, nullable=False, server_default="{}"),
+    Column("created_at_us", Us, nullable=False),
+    Column("updated_at_us", Us, nullable=False),
+    UniqueConstraint("scheme_id", "customer_ref"),
+    Index(None, "created_at_us", "id"),
+    Index(None, "scheme_id", "created_at_us", "id"),
+)
+
+lots = Table(
+    "lots",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("wallet_id", Id, ForeignKey("wallets.id"), nullable=False),
+    Column("scheme_id", Id, nullable=False),
+    Column("asset", String(12), nullable=False),
+    Column("amount", Amount, nullable=False),
+    Column("remaining", Amount, nullable=False),
+    Column("spent", Amount, nullable=False, server_default="0"),
+    Column("held", Amount, nullable=False, server_default="0"),
+    Column("expired", Amount, nullable=False, server_default="0"),
+    Column("reversed", Amount, nullable=False, server_default="0"),
+    Column("state", String(16), nullable=False),
+    Column("funding", String(16), nullable=False),
+    Column("sponsor_id", String(64), nullable=True),
+    Column("available_at_us", Us, nullable=False),
+    Column("expires_at_us", Us, nullable=True),
+    Column("merchant_ids", Text, nullable=False, server_default="[]"),  # JSON list
+    Column("product_ids", Text, nullable=False, server_default="[]"),  # JSON list
+    Column("source_transaction_id", Id, nullable=False),
+    Column("origin_lot_id", Id, nullable=True),
+    Column("created_at_us", Us, nullable=False),
+    Column("inactivity_days", Integer, nullable=True),  # INACTIVITY policy, promotional only
+    CheckConstraint("amount > 0", name="amount_positive"),
+    CheckConstraint(
+        "remaining >= 0 AND spent >= 0 AND held >= 0 AND expired >= 0 AND reversed >= 0",
+        name="parts_non_negative",
+    ),
+    CheckConstraint("amount = remaining + spent + held + expired + reversed", name="parts_sum"),
+    Index(None, "wallet_id", "asset", "state"),
+    Index(None, "state", "expires_at_us"),
+)
+
+transactions = Table(
+    "transactions",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("type", String(16), nullable=False),
+    Column("scheme_id", Id, nullable=False),
+    Column("wallet_id", Id, nullable=True),
+    Column("counterpart_wallet_id", Id, nullable=True),
+    Column("merchant_id", String(64), nullable=True),
+    Column("hold_id", Id, nullable=True),
+    Column("related_transaction_id", Id, nullable=True),
+    Column("reference", String(128), nullable=False, server_default=""),
+    Column("metadata", Text, nullable=False, server_default="{}"),
+    Column("created_at_us", Us, nullable=False),
+    Index(None, "wallet_id", "created_at_us", "id"),
+    Index(None, "counterpart_wallet_id", "created_at_us", "id"),
+    Index(None, "related_transaction_id"),
+)
+
+postings = Table(
+    "postings",
+    metadata,
+    Column("id", SeqId, primary_key=True, autoincrement=True),
+    Column("transaction_id", Id, ForeignKey("transactions.id"), nullable=False),
+    Column("account", String(200), nullable=False),
+    Column("asset", String(12), nullable=False),
+    Column("amount", Amount, nullable=False),
+    CheckConstraint("amount <> 0", name="amount_non_zero"),
+    Index(None, "transaction_id"),
+    Index(None, "account", "asset"),
+)
+
+allocations = Table(
+    "allocations",
+    metadata,
+    Column("id", SeqId, primary_key=True, autoincrement=True),
+    Column("transaction_id", Id, ForeignKey("transactions.id"), nullable=False),
+    Column("lot_id", Id, ForeignKey("lots.id"), nullable=False),
+    Column("wallet_id", Id, nullable=False),
+    Column("asset", String(12), nullable=False),
+    Column("amount", Amount, nullable=False),
+    CheckConstraint("amount <> 0", name="amount_non_zero"),
+    Index(None, "transaction_id"),
+    Index(None, "lot_id"),
+)
+
+holds = Table(
+    "holds",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("wallet_id", Id, ForeignKey("wallets.id"), nullable=False),
+    Column("scheme_id", Id, nullable=False),
+    Column("asset", String(12), nullable=False),
+    Column("amount", Amount, nullable=False),
+    Column("captured_amount", Amount, nullable=False, server_default="0"),
+    Column("status", String(16), nullable=False),
+    Column("merchant_id", String(64), nullable=False),
+    Column("product_ids", Text, nullable=False, server_default="[]"),
+    Column("reference", String(128), nullable=False, server_default=""),
+    Column("expires_at_us", Us, nullable=False),
+    Column("hold_transaction_id", Id, nullable=False),
+    Column("created_at_us", Us, nullable=False),
+    Column("updated_at_us", Us, nullable=False),
+    CheckConstraint(
+        "amount > 0 AND captured_amount >= 0 AND captured_amount <= amount", name="amounts"
+    ),
+    Index(None, "wallet_id", "status"),
+    Index(None, "status", "expires_at_us"),
+)
+
+# What each active hold reserves from each lot (moves with the lot on a merge).
+hold_allocations = Table(
+    "hold_allocations",
+    metadata,
+    Column("hold_id", Id, ForeignKey("holds.id"), primary_key=True),
+    Column("lot_id", Id, ForeignKey("lots.id"), primary_key=True),
+    Column("amount", Amount, nullable=False),
+    CheckConstraint("amount >= 0", name="amount_non_negative"),
+    Index(None, "lot_id"),
+)
+
+idempotency_records = Table(
+    "idempotency_records",
+    metadata,
+    Column("scope", String(128), primary_key=True),
+    Column("request_id", String(64), primary_key=True),
+    Column("method", String(128), nullable=False),
+    Column("fingerprint", String(64), nullable=False),
+    Column("response", LargeBinary, nullable=True),
+    Column("created_at_us", Us, nullable=False),
+    Column("expires_at_us", Us, nullable=False),
+    Index(None, "expires_at_us"),
+)
+
+outbox_events = Table(
+    "outbox_events",
+    metadata,
+    Column("seq", SeqId, primary_key=True, autoincrement=True),
+    Column("event_id", Id, nullable=False, unique=True),
+    Column("type", String(32), nullable=False),
+    Column("scheme_id", Id, nullable=False),
+    Column("wallet_id", Id, nullable=True),
+    Column("transaction_id", Id, nullable=True),
+    Column("payload", Text, nullable=False),
+    Column("created_at_us", Us, nullable=False),
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("kind", String(32), nullable=False),
+    Column("as_of_us", Us, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("items_processed", BigInteger, nullable=False, server_default="0"),
+    Column("chunks_committed", BigInteger, nullable=False, server_default="0"),
+    Column("error", String(1000), nullable=False, server_default=""),
+    Column("trigger", String(16), nullable=False),
+    Column("started_at_us", Us, nullable=False),
+    Column("finished_at_us", Us, nullable=True),
+    Index(None, "kind", "started_at_us", "id"),
+    Index(None, "status"),
+)
+
+# Rule 5 in the schema: a lot's primary key here means it is expired by a run at most once.
+lot_expirations = Table(
+    "lot_expirations",
+    metadata,
+    Column("lot_id", Id, ForeignKey("lots.id"), primary_key=True),
+    Column("run_id", Id, nullable=True),  # null for a manual ExpireLot
+    Column("transaction_id", Id, nullable=True),  # null when nothing was left to expire
+    Column("amount", Amount, nullable=False),
+    Column("expired_at_us", Us, nullable=False),
+)
+
+# A warning goes out once per (lot, lead time, expiry instant): extending a lot re-arms it.
+expiry_warnings = Table(
+    "expiry_warnings",
+    metadata,
+    Column("lot_id", Id, ForeignKey("lots.id"), primary_key=True),
+    Column("lead_seconds", BigInteger, primary_key=True),
+    Column("expires_at_us", Us, primary_key=True),
+    Column("run_id", Id, nullable=False),
+    Column("created_at_us", Us, nullable=False),
+)
+
+# Scheduled jobs run on one replica at a time: whoever holds an unexpired lease.
+job_leases = Table(
+    "job_leases",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(128), nullable=False),
+    Column("fencing_token", BigInteger, nullable=False),
+    Column("expires_at_us", Us, nullable=False),
+)
