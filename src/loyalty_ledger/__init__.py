@@ -1,0 +1,3 @@
+"""Loyalty ledger with expiring balances, served over gRPC."""
+
+__version__ = "0.1.0"

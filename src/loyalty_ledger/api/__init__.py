@@ -1,0 +1,1 @@
+"""gRPC servicers: proto <-> ledger translation, validation and error mapping."""

@@ -1,0 +1,98 @@
+"""WatchExpirations: validate the filter, then relay the hub's events and heartbeats."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import TypeAlias
+
+import grpc
+from loyalty.v1 import expiry_pb2
+
+from loyalty_ledger.api import convert
+from loyalty_ledger.api.errors import abort_for
+from loyalty_ledger.api.validation import Checks
+from loyalty_ledger.events.hub import ExpirationHub, Heartbeat, StoredEvent, WatchFilter
+from loyalty_ledger.ledger.outbox import EXPIRATION_EVENT_TYPES
+
+log = logging.getLogger(__name__)
+
+Ctx: TypeAlias = grpc.aio.ServicerContext  # type: ignore[type-arg]
+WATCH_WALLET_IDS_MAX = 1_000
+# Outbox type names <-> proto enum values (EXPIRED <-> EXPIRATION_EVENT_TYPE_EXPIRED).
+_TYPE_VALUES = {
+    name: expiry_pb2.ExpirationEventType.Value(f"EXPIRATION_EVENT_TYPE_{name}")
+    for name in EXPIRATION_EVENT_TYPES
+}
+_TYPES = {value: name for name, value in _TYPE_VALUES.items()}
+
+
+def watch_filter(request: expiry_pb2.WatchExpirationsRequest) -> WatchFilter:
+    """The request's filter, or InvalidArgument listing every bad field."""
+    checks = Checks()
+    checks.resource_id("scheme_id", request.scheme_id, required=False)
+    if len(request.wallet_ids) > WATCH_WALLET_IDS_MAX:
+        checks.fail("wallet_ids", f"at most {WATCH_WALLET_IDS_MAX} wallets")
+    else:
+        for i, wallet_id in enumerate(request.wallet_ids):
+            checks.resource_id(f"wallet_ids[{i}]", wallet_id)
+    types = set()
+    for i, value in enumerate(request.event_types):
+        if value not in _TYPES:
+            checks.fail(f"event_types[{i}]", "unknown or unspecified event type")
+        else:
+            types.add(_TYPES[value])
+    if request.after_sequence < 0:
+        checks.fail("after_sequence", "must not be negative")
+    checks.done()
+    return WatchFilter(request.scheme_id, frozenset(request.wallet_ids), frozenset(types))
+
+
+def event_to_proto(event: StoredEvent) -> expiry_pb2.ExpirationEvent:
+    """An outbox row of the expiration stream (payload of `outbox.expiration_row`) as proto."""
+    payload = event.payload
+    out = expiry_pb2.ExpirationEvent(
+        event_id=event.event_id,
+        sequence=event.seq,
+        type=_TYPE_VALUES[event.type],
+        scheme_id=event.scheme_id,
+        wallet_id=event.wallet_id or "",
+        customer_ref=payload.get("customer_ref") or "",
+        lot_id=payload.get("lot_id") or "",
+        hold_id=payload.get("hold_id") or "",
+        asset=payload.get("asset") or "",
+        amount=int(payload.get("amount") or 0),
+        sponsor_id=payload.get("sponsor_id") or "",
+        lead_time_seconds=int(payload.get("lead_seconds") or 0),
+        create_time=convert.timestamp(event.created_at_us),
+    )
+    if payload.get("expires_at_us") is not None:
+        out.expire_time.CopyFrom(convert.timestamp(int(payload["expires_at_us"])))
+    return out
+
+
+async def watch_expirations(
+    hub: ExpirationHub, request: expiry_pb2.WatchExpirationsRequest, context: Ctx
+) -> AsyncIterator[expiry_pb2.WatchExpirationsResponse]:
+    """The stream of WatchExpirations; errors end it with a google.rpc.Status like `rpc_errors`
+    (an async generator cannot use that decorator)."""
+    try:
+        watch = watch_filter(request)
+        # aclosing: the subscription ends (and frees its slot) as soon as this stream does.
+        async with contextlib.aclosing(
+            hub.subscribe(watch, after_sequence=request.after_sequence, from_now=request.from_now)
+        ) as stream:
+            async for item in stream:
+                if isinstance(item, Heartbeat):
+                    yield expiry_pb2.WatchExpirationsResponse(
+                        heartbeat=expiry_pb2.Heartbeat(
+                            sequence=item.seq, time=convert.timestamp(item.at_us)
+                        )
+                    )
+                else:
+                    yield expiry_pb2.WatchExpirationsResponse(event=event_to_proto(item))
+    except grpc.aio.AbortError:
+        raise
+    except Exception as error:
+        await abort_for(context, error, "WatchExpirations")

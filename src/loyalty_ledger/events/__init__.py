@@ -1,0 +1,1 @@
+"""Outbox reader and the subscriber hub behind WatchExpirations."""

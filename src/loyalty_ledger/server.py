@@ -1,0 +1,207 @@
+"""Wiring: settings -> database -> ledger -> servicers -> grpc.aio server. Nothing at import."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+from loyalty.v1 import (
+    clock_pb2,
+    clock_pb2_grpc,
+    offer_pb2,
+    offer_pb2_grpc,
+    wallet_pb2,
+    wallet_pb2_grpc,
+)
+
+from loyalty_ledger.api.clock_servicer import TestClockServicer
+from loyalty_ledger.api.offer_servicer import OfferServicer
+from loyalty_ledger.api.wallet_servicer import WalletServicer
+from loyalty_ledger.clock import Clock, SystemClock, TestClock
+from loyalty_ledger.events.hub import ExpirationHub
+from loyalty_ledger.jobs.runner import Runner
+from loyalty_ledger.jobs.scheduler import Scheduler
+from loyalty_ledger.ledger import idempotency
+from loyalty_ledger.ledger.db import Database
+from loyalty_ledger.ledger.migrate import current_revision, head_revision
+from loyalty_ledger.ledger.records import RunKind
+from loyalty_ledger.ledger.service import Ledger
+from loyalty_ledger.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    wallet_pb2.DESCRIPTOR.services_by_name["WalletService"].full_name,
+    offer_pb2.DESCRIPTOR.services_by_name["OfferService"].full_name,
+)
+TEST_CLOCK_SERVICE = clock_pb2.DESCRIPTOR.services_by_name["TestClockService"].full_name
+READINESS_POLL_SECONDS = 1.0
+PURGE_INTERVAL_SECONDS = 3600.0
+MESSAGE_BYTES_MAX = 4 * 1024 * 1024
+
+
+class App:
+    """One server instance. `start()` binds and returns the port; `stop()` drains and closes."""
+
+    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.clock: Clock = clock or (TestClock() if settings.clock == "test" else SystemClock())
+        self.db = Database(
+            settings.database_url,
+            writer_queue_max=settings.writer_queue_max,
+            sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms,
+            pg_pool_size=settings.pg_pool_size,
+            pg_max_overflow=settings.pg_max_overflow,
+            write_retries_max=settings.write_retries_max,
+        )
+        self.ledger = Ledger(
+            self.db,
+            self.clock,
+            idempotency_retention_us=settings.idempotency_retention_hours * 3600 * 1_000_000,
+        )
+        self.hub = ExpirationHub(
+            self.db,
+            self.clock,
+            subscribers_max=settings.watch_subscribers_max,
+            buffer_max=settings.watch_buffer_max,
+            heartbeat_interval_s=settings.watch_heartbeat_seconds,
+            poll_interval_s=settings.watch_poll_seconds,
+        )
+        self.ledger.add_commit_listener(self.hub.notify)
+        self.runner = Runner(self.ledger, chunk_max=settings.run_chunk_max)
+        self.scheduler: Scheduler | None = None
+        if settings.scheduler and not isinstance(self.clock, TestClock):
+            self.scheduler = Scheduler(
+                self.runner,
+                self.clock,
+                intervals_s={
+                    RunKind.HOLD_TIMEOUT: settings.hold_timeout_interval_seconds,
+                    RunKind.EXPIRY: settings.expiry_interval_seconds,
+                    RunKind.EXPIRY_WARNING: settings.warning_interval_seconds,
+                    RunKind.INACTIVITY: settings.inactivity_interval_seconds,
+                },
+                lease_s=settings.lease_seconds,
+            )
+        self.health = health_aio.HealthServicer()
+        self.server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
+                ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
+            ]
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+        self.port = 0
+
+    async def start(self) -> int:
+        await self.db.start()
+        await self.hub.start()
+        wallet_pb2_grpc.add_WalletServiceServicer_to_server(
+            WalletServicer(self.ledger, self.hub, self.runner), self.server
+        )
+        if isinstance(self.clock, TestClock):
+            clock_pb2_grpc.add_TestClockServiceServicer_to_server(
+                TestClockServicer(self.clock, self.runner), self.server
+            )
+        offer_pb2_grpc.add_OfferServiceServicer_to_server(OfferServicer(self.ledger), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        if self.settings.reflection:
+            reflection.enable_server_reflection(
+                (
+                    *SERVICE_NAMES,
+                    *([TEST_CLOCK_SERVICE] if isinstance(self.clock, TestClock) else []),
+                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                    reflection.SERVICE_NAME,
+                ),
+                self.server,
+            )
+        await self._set_serving(False)
+        self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        if self.port == 0:
+            raise RuntimeError(f"cannot bind {self.settings.host}:{self.settings.port}")
+        await self.server.start()
+        self._tasks.append(asyncio.create_task(self._become_ready(), name="readiness"))
+        self._tasks.append(asyncio.create_task(self._purge_idempotency(), name="idem-purge"))
+        log.info("serving on %s:%d (%s)", self.settings.host, self.port, self._db_label())
+        return self.port
+
+    def _db_label(self) -> str:
+        return "SQLite" if self.db.is_sqlite else "PostgreSQL"
+
+    async def _set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, status)
+
+    async def is_ready(self) -> bool:
+        """The database answers and carries the newest schema revision."""
+        try:
+            return await current_revision(self.db.read_engine) == head_revision()
+        except Exception as error:  # any failure to reach the database means "not yet"
+            log.warning("database not ready: %s", error)
+            return False
+
+    async def _become_ready(self) -> None:
+        # Polling is the point: the database may be migrated by another process.
+        while not await self.is_ready():  # noqa: ASYNC110
+            await asyncio.sleep(READINESS_POLL_SECONDS)
+        await self._set_serving(True)
+        log.info("database reachable and migrated: SERVING")
+        try:
+            resumed = await self.runner.resume_interrupted()
+            if resumed:
+                log.info("resumed %d interrupted runs", len(resumed))
+        except Exception:
+            log.exception("resuming interrupted runs failed; the schedule picks up what is due")
+        if self.scheduler is not None:
+            self.scheduler.start()
+
+    async def _purge_idempotency(self) -> None:
+        while True:
+            await asyncio.sleep(PURGE_INTERVAL_SECONDS)
+            try:
+                purged = await self.ledger.write(
+                    lambda tx: idempotency.purge_expired(tx.conn, tx.now_us)
+                )
+                log.info("purged %d idempotency records past retention", purged)
+            except Exception:
+                log.exception("idempotency purge failed; will retry")
+
+    async def stop(self, grace: float | None = None) -> None:
+        grace = self.settings.shutdown_grace_seconds if grace is None else grace
+        await self.health.enter_graceful_shutdown()
+        if self.scheduler is not None:
+            self.scheduler.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.hub.stop()  # ends open streams so their clients resume elsewhere
+        await self.server.stop(grace)
+        await self.db.close()
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then stop gracefully."""
+    app = App(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await app.start()
+    print(f"loyalty ledger listening on {settings.host}:{app.port}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await app.stop()

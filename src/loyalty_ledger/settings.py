@@ -1,0 +1,70 @@
+"""Server settings from `LOYALTY_*` environment variables (and `loyalty serve` options)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///data/loyalty.db"
+
+
+class Settings(BaseSettings):
+    """Everything configurable. Names are the environment variables without the prefix."""
+
+    model_config = SettingsConfigDict(env_prefix="LOYALTY_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Address to listen on (loopback by default).")
+    port: int = Field(50051, ge=0, le=65535, description="Port; 0 picks a free one.")
+    database_url: str = Field(
+        DEFAULT_DATABASE_URL,
+        description="SQLAlchemy URL: sqlite+aiosqlite:///path or postgresql+asyncpg://...",
+    )
+    clock: Literal["system", "test"] = Field(
+        "system", description="'test' serves a controllable clock; never in production."
+    )
+    idempotency_retention_hours: int = Field(
+        24, ge=24, le=24 * 365, description="How long request_id records are kept."
+    )
+    shutdown_grace_seconds: float = Field(10.0, ge=0, le=300)
+    writer_queue_max: int = Field(
+        10_000,
+        ge=1,
+        le=1_000_000,
+        description="SQLite: writes waiting for the writer before RESOURCE_EXHAUSTED.",
+    )
+    sqlite_busy_timeout_ms: int = Field(5_000, ge=0, le=600_000)
+    pg_pool_size: int = Field(10, ge=1, le=200)
+    pg_max_overflow: int = Field(10, ge=0, le=200)
+    write_retries_max: int = Field(
+        8, ge=0, le=100, description="PostgreSQL: retries of serialization failures/deadlocks."
+    )
+    reflection: bool = Field(True, description="Serve gRPC server reflection.")
+    run_chunk_max: int = Field(
+        2_000, ge=1, le=100_000, description="Items per run chunk (one database transaction)."
+    )
+    expiry_interval_seconds: float = Field(60.0, gt=0, le=86_400)
+    warning_interval_seconds: float = Field(300.0, gt=0, le=86_400)
+    hold_timeout_interval_seconds: float = Field(30.0, gt=0, le=86_400)
+    inactivity_interval_seconds: float = Field(3600.0, gt=0, le=86_400)
+    scheduler: bool = Field(
+        True, description="Run the interval schedule (off with --clock=test: AdvanceTime runs)."
+    )
+    lease_seconds: float = Field(
+        30.0, gt=0, le=3600, description="How long a replica's hold on a scheduled job lasts."
+    )
+    watch_subscribers_max: int = Field(
+        2_000, ge=1, le=100_000, description="Concurrent WatchExpirations streams."
+    )
+    watch_buffer_max: int = Field(
+        1_000,
+        ge=1,
+        le=1_000_000,
+        description="Events buffered per subscriber before it is cut off.",
+    )
+    watch_heartbeat_seconds: float = Field(15.0, gt=0, le=3600)
+    watch_poll_seconds: float = Field(
+        0.5, gt=0, le=60, description="How often the stream looks for events of other processes."
+    )
+    log_level: str = Field("INFO")
