@@ -339,3 +339,108 @@ async def test_inactivity_is_for_promotional_value_only(ledger: Ledger, clock: T
     )
     with pytest.raises(InvalidArgument):
         await ledger.write(lambda tx: tx.credit(cash))
+
+
+async def test_one_chunk_writes_one_balanced_entry_per_wallet_and_one_event_per_lot(
+    ledger: Ledger, clock: TestClock
+) -> None:
+    """The set-based chunk, row by row: several wallets, each with several lots of two
+    sponsors, two assets and cash, plus a lot whose whole remainder is held."""
+    expires = clock.now_us() + HOUR_US
+    # (wallet index, asset, amount, funding, sponsor)
+    credits = [
+        (0, "POINTS", 10, Funding.PROMOTIONAL, "m1"),
+        (0, "POINTS", 20, Funding.PROMOTIONAL, "m2"),
+        (0, "EUR", 300, Funding.PROMOTIONAL, "m1"),
+        (0, "EUR", 400, Funding.CASH, None),
+        (1, "POINTS", 50, Funding.PROMOTIONAL, "m1"),
+        (1, "POINTS", 60, Funding.PROMOTIONAL, "m1"),
+        (2, "POINTS", 70, Funding.PROMOTIONAL, "m2"),  # fully held below
+    ]
+
+    async def op(tx: Tx) -> list[str]:
+        await tx.create_scheme("s", replace(SCHEME, cash_expiry_allowed=True))
+        ids = [(await tx.create_wallet("s", f"c{i}", {})).id for i in range(3)]
+        for wallet, asset, amount, funding, sponsor in credits:
+            cmd = award(ids[wallet], amount, expires, asset=asset, sponsor=sponsor or "")
+            await tx.credit(replace(cmd, funding=funding, sponsor_id=sponsor))
+        return ids
+
+    wallets = await ledger.write(op)
+    await ledger.write(
+        lambda tx: tx.authorize_hold(DebitCommand(wallets[2], "POINTS", 70, "m9"), 3 * HOUR_US)
+    )
+    clock.advance(timedelta(hours=2))
+    run = await Runner(ledger, chunk_max=100).run(RunKind.EXPIRY, clock.now_us(), "test")
+    assert (run.items_processed, run.chunks_committed) == (len(credits), 1)
+
+    # Expected legs per wallet, from the credits: the wallet loses what was not held, each
+    # sponsor gets its promotional value back, cash goes to breakage.
+    expected: dict[str, dict[tuple[str, str], int]] = {}
+    for wallet, asset, amount, funding, sponsor in credits:
+        if wallet == 2:
+            continue  # all of it is held: nothing to expire now
+        legs = expected.setdefault(wallets[wallet], {})
+        target = f"sponsor:s:{sponsor}" if funding is Funding.PROMOTIONAL else "breakage:s"
+        legs[(f"wallet:{wallets[wallet]}", asset)] = (
+            legs.get((f"wallet:{wallets[wallet]}", asset), 0) - amount
+        )
+        legs[(target, asset)] = legs.get((target, asset), 0) + amount
+
+    async def entries(r):  # type: ignore[no-untyped-def]
+        txns = (
+            await r.conn.execute(
+                select(t.transactions.c.id, t.transactions.c.wallet_id).where(
+                    t.transactions.c.type == TxType.EXPIRE.value
+                )
+            )
+        ).all()
+        postings = (
+            await r.conn.execute(
+                select(t.postings).where(t.postings.c.transaction_id.in_([x.id for x in txns]))
+            )
+        ).all()
+        expirations = (await r.conn.execute(select(t.lot_expirations))).all()
+        events = (
+            await r.conn.execute(select(t.outbox_events).where(t.outbox_events.c.type == "EXPIRED"))
+        ).all()
+        lots = (await r.conn.execute(select(t.lots))).all()
+        return txns, postings, expirations, events, lots
+
+    txns, postings, expirations, events, lots = await ledger.read(entries)
+    txn_of_wallet = {x.wallet_id: x.id for x in txns}
+    assert set(txn_of_wallet) == set(expected)  # one entry per wallet that lost value
+    assert len(txns) == len(expected)
+    for wallet_id, legs in expected.items():
+        got = {
+            (p.account, p.asset): p.amount
+            for p in postings
+            if p.transaction_id == txn_of_wallet[wallet_id]
+        }
+        assert got == legs
+    by_lot = {e.lot_id: e for e in expirations}
+    assert len(by_lot) == len(credits)
+    held_lot = next(lot for lot in lots if lot.wallet_id == wallets[2])
+    assert by_lot[held_lot.id].transaction_id is None and by_lot[held_lot.id].amount == 0
+    assert (held_lot.state, held_lot.held, held_lot.remaining) == ("EXPIRED", 70, 0)
+    payloads = {json.loads(e.payload)["lot_id"]: (e, json.loads(e.payload)) for e in events}
+    assert held_lot.id not in payloads and len(payloads) == len(credits) - 1
+    customer = {w: f"c{i}" for i, w in enumerate(wallets)}
+    for lot in lots:
+        if lot.id == held_lot.id:
+            continue
+        assert (lot.state, lot.remaining, lot.expired) == ("EXPIRED", 0, lot.amount)
+        event, payload = payloads[lot.id]
+        assert event.transaction_id == txn_of_wallet[lot.wallet_id] == by_lot[lot.id].transaction_id
+        assert payload == {
+            "customer_ref": customer[lot.wallet_id],
+            "lot_id": lot.id,
+            "hold_id": None,
+            "asset": lot.asset,
+            "amount": lot.amount,
+            "expires_at_us": expires,
+            "sponsor_id": lot.sponsor_id,
+            "lead_seconds": 0,
+        }
+    assert len({e.event_id for e in events}) == len(events)
+    await ledger.read(lambda r: check_invariants(r.conn))

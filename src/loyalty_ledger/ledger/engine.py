@@ -48,6 +48,7 @@ from loyalty_ledger.domain.spend_order import (
 )
 from loyalty_ledger.domain.timeutil import from_us, to_us
 from loyalty_ledger.ledger import tables as t
+from loyalty_ledger.ledger.expiry_chunk import expire_whole_lots
 from loyalty_ledger.ledger.ids import new_id
 from loyalty_ledger.ledger.outbox import (
     EXPIRED,
@@ -1301,48 +1302,9 @@ class Tx(PostingTx):
 
     async def expire_due_chunk(self, run_id: str | None, as_of_us: int, chunk_max: int) -> int:
         """Expire up to `chunk_max` due lots (rule 5). Returns how many lots it expired."""
-        lots = [
-            LotRecord.from_row(r)
-            for r in await self.conn.execute(self._due_lots_query(as_of_us, chunk_max))
-        ]
-        if not lots:
-            return 0
-        await self._expire_lots(lots, run_id)
-        return len(lots)
-
-    async def _expire_lots(self, lots: list[LotRecord], run_id: str | None) -> dict[str, str]:
-        # The lot_expirations primary key refuses a second expiry of any lot, whatever the code.
-        amounts = {lot.id: lot.remaining for lot in lots}
-        txn_of_wallet = await self._expire_values(
-            [(lot, lot.remaining) for lot in lots], save_lots=False
+        return await expire_whole_lots(
+            self.conn, self._due_lots_query(as_of_us, chunk_max), run_id=run_id, now_us=self.now_us
         )
-        # One set-based statement instead of a row-by-row update: the whole remainder goes.
-        await self.conn.execute(
-            update(t.lots)
-            .where(t.lots.c.id.in_(list(amounts)))
-            .values(
-                expired=t.lots.c.expired + t.lots.c.remaining,
-                remaining=0,
-                state=LotState.EXPIRED.value,
-            )
-        )
-        for lot in lots:
-            lot.state = LotState.EXPIRED
-            lot.settle_state()
-        await self.conn.execute(
-            t.lot_expirations.insert(),
-            [
-                {
-                    "lot_id": lot.id,
-                    "run_id": run_id,
-                    "transaction_id": txn_of_wallet.get(lot.wallet_id),
-                    "amount": amounts[lot.id],
-                    "expired_at_us": self.now_us,
-                }
-                for lot in lots
-            ],
-        )
-        return txn_of_wallet
 
     async def _open_lot(self, lot_id: str) -> LotRecord:
         lot = (await self.lots_by_id([lot_id])).get(lot_id)
@@ -1368,14 +1330,22 @@ class Tx(PostingTx):
                 reason="NOTHING_TO_EXPIRE",
                 lot_id=lot_id,
             )
-        txn_of_wallet = await self._expire_lots([lot], None)
-        txn_id = txn_of_wallet[lot.wallet_id]
+        await expire_whole_lots(
+            self.conn, select(t.lots).where(t.lots.c.id == lot.id), run_id=None, now_us=self.now_us
+        )
+        txn_id: str = (
+            await self.conn.execute(
+                select(t.lot_expirations.c.transaction_id).where(
+                    t.lot_expirations.c.lot_id == lot.id
+                )
+            )
+        ).scalar_one()
         await self.conn.execute(
             update(t.transactions)
             .where(t.transactions.c.id == txn_id)
             .values(metadata=json.dumps({"reason": reason, "manual": "true"}, sort_keys=True))
         )
-        return await self.get_transaction(txn_id), lot
+        return await self.get_transaction(txn_id), (await self.lots_by_id([lot_id]))[lot_id]
 
     async def extend_lot(
         self, lot_id: str, expires_at_us: int, reason: str
@@ -1543,10 +1513,7 @@ class Tx(PostingTx):
         )
         if self.conn.dialect.name == "postgresql":
             query = query.with_for_update(skip_locked=True, of=lots)
-        due = [LotRecord.from_row(r) for r in await self.conn.execute(query)]
-        if due:
-            await self._expire_lots(due, run_id)
-        return len(due)
+        return await expire_whole_lots(self.conn, query, run_id=run_id, now_us=self.now_us)
 
     async def start_run(self, kind: RunKind, as_of_us: int, trigger: str) -> RunRecord:
         run_id = new_id("run")

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 NAMING = {
@@ -110,7 +111,8 @@ lots = Table(
     ),
     CheckConstraint("amount = remaining + spent + held + expired + reversed", name="parts_sum"),
     Index(None, "wallet_id", "asset", "state"),
-    Index(None, "state", "expires_at_us"),
+    # Expiry chunks read due lots in (expires_at_us, id) order straight from this index.
+    Index(None, "state", "expires_at_us", "id"),
 )
 
 transactions = Table(
@@ -128,8 +130,21 @@ transactions = Table(
     Column("metadata", Text, nullable=False, server_default="{}"),
     Column("created_at_us", Us, nullable=False),
     Index(None, "wallet_id", "created_at_us", "id"),
-    Index(None, "counterpart_wallet_id", "created_at_us", "id"),
-    Index(None, "related_transaction_id"),
+    # Partial: most entries have neither, and every insert would otherwise index a NULL.
+    Index(
+        None,
+        "counterpart_wallet_id",
+        "created_at_us",
+        "id",
+        sqlite_where=text("counterpart_wallet_id IS NOT NULL"),
+        postgresql_where=text("counterpart_wallet_id IS NOT NULL"),
+    ),
+    Index(
+        None,
+        "related_transaction_id",
+        sqlite_where=text("related_transaction_id IS NOT NULL"),
+        postgresql_where=text("related_transaction_id IS NOT NULL"),
+    ),
 )
 
 postings = Table(
