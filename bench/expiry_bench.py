@@ -126,7 +126,8 @@ async def main() -> None:
     rate = run.items_processed / elapsed
     print(f"backend: {'SQLite' if db.is_sqlite else 'PostgreSQL'}; chunk {args.chunk}")
     print(f"expired {run.items_processed:,} lots in {elapsed:.1f} s: {rate:,.0f} lots/s")
-    print(f"projected for 5,000,000 lots: {5_000_000 / rate:.0f} s (target <= 120 s on SQLite)")
+    target_s = 120 if db.is_sqlite else 300  # the expiry and performance issues' targets
+    print(f"projected for 5,000,000 lots: {5_000_000 / rate:.0f} s (target <= {target_s} s)")
     print(f"peak RSS: {rss_before:.0f} MiB before the run, {peak_rss_mib():.0f} MiB after")
 
 

@@ -1,4 +1,4 @@
-"""The `loyalty` command: serve and migrate (more commands arrive with later features)."""
+"""The `loyalty` command: serve, migrate and run."""
 
 from __future__ import annotations
 
@@ -36,6 +36,8 @@ def serve(
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    # APScheduler logs every job it adds and runs at INFO: our runs log their own summary.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
     asyncio.run(run_server(settings))
 
 
