@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 
@@ -43,6 +42,7 @@ SERVICE_NAMES = (
 TEST_CLOCK_SERVICE = clock_pb2.DESCRIPTOR.services_by_name["TestClockService"].full_name
 READINESS_POLL_SECONDS = 1.0
 PURGE_INTERVAL_SECONDS = 3600.0
+TASK_STOP_WAIT_S = 2.0  # how long stop() waits for its cancelled background tasks
 MESSAGE_BYTES_MAX = 4 * 1024 * 1024
 
 
@@ -183,9 +183,11 @@ class App:
             self.scheduler.stop()
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:
+            # Bounded: a task stuck in the database must not keep the server from stopping.
+            _, pending = await asyncio.wait(self._tasks, timeout=TASK_STOP_WAIT_S)
+            for task in pending:
+                log.warning("background task %s did not stop in time", task.get_name())
         await self.hub.stop()  # ends open streams so their clients resume elsewhere
         await self.server.stop(grace)
         await self.db.close()

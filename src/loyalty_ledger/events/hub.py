@@ -193,8 +193,10 @@ class ExpirationHub:
         self._stopped = True
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Bounded: shutdown must end even if the reader is stuck in the database.
+            done, _ = await asyncio.wait({self._task}, timeout=STOP_WAIT_S)
+            if not done:
+                log.warning("expiration hub reader did not stop within %s s", STOP_WAIT_S)
             self._task = None
         for subscriber in list(self._open):
             subscriber.closed = True
@@ -203,7 +205,8 @@ class ExpirationHub:
         # Give the streams a moment to end with UNAVAILABLE; one stuck writing to a client
         # that does not read is left to the server's shutdown.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._all_ended.wait(), STOP_WAIT_S)
+            async with asyncio.timeout(STOP_WAIT_S):
+                await self._all_ended.wait()
 
     def notify(self) -> None:
         """A write committed: look for new events now."""
@@ -236,10 +239,13 @@ class ExpirationHub:
 
     async def _read_forever(self) -> None:
         failing = False
-        while True:
+        while not self._stopped:
             wait_s = GAP_RECHECK_S if self._fence is not None else self.poll_interval_s
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancel
+            # that arrives as the wait completes (CPython gh-86296), and stop() would hang.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait_s)
+                async with asyncio.timeout(wait_s):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 while await self._read_page():
@@ -371,9 +377,8 @@ class ExpirationHub:
                             last_sequence=last,
                         ) from None
                     try:
-                        item = await asyncio.wait_for(
-                            subscriber.queue.get(), self.heartbeat_interval_s
-                        )
+                        async with asyncio.timeout(self.heartbeat_interval_s):  # see _read_forever
+                            item = await subscriber.queue.get()
                     except TimeoutError:
                         # A cancelled get leaves its item queued: beat only if truly idle,
                         # so the heartbeat never claims an event it did not deliver.
