@@ -108,7 +108,12 @@ class App:
             clock_pb2_grpc.add_TestClockServiceServicer_to_server(
                 TestClockServicer(self.clock, self.runner), self.server
             )
-        offer_pb2_grpc.add_OfferServiceServicer_to_server(OfferServicer(self.ledger), self.server)
+        offer_pb2_grpc.add_OfferServiceServicer_to_server(
+            OfferServicer(
+                self.ledger, event_age_max_us=self.settings.event_age_max_hours * 3600 * 1_000_000
+            ),
+            self.server,
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         if self.settings.reflection:
             reflection.enable_server_reflection(

@@ -67,4 +67,7 @@ class Settings(BaseSettings):
     watch_poll_seconds: float = Field(
         0.5, gt=0, le=60, description="How often the stream looks for events of other processes."
     )
+    event_age_max_hours: int = Field(
+        720, ge=1, le=8784, description="SubmitEvent refuses events older than this (30 days)."
+    )
     log_level: str = Field("INFO")

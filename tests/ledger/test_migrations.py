@@ -34,3 +34,18 @@ async def test_down_to_0003_and_up_again_keeps_the_declared_indexes(database_url
     await migrate.upgrade_async(database_url, head)
     for table in (t.lots, t.transactions):
         assert await _indexes(database_url, table.name) == _declared(table)
+
+
+async def test_the_migrated_schema_is_the_schema_of_tables_py(database_url: str) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.connect() as conn:
+            diff = await conn.run_sync(
+                lambda sync: compare_metadata(MigrationContext.configure(sync), t.metadata)
+            )
+    finally:
+        await engine.dispose()
+    assert diff == []

@@ -26,39 +26,76 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from loyalty.v1 import common_pb2 as loyalty_dot_v1_dot_common__pb2
+from loyalty.v1 import rewards_pb2 as loyalty_dot_v1_dot_rewards__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16loyalty/v1/offer.proto\x12\nloyalty.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17loyalty/v1/common.proto\".\n\x0f\x41ssetDefinition\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\r\n\x05scale\x18\x02 \x01(\x05\"\x80\x01\n\x0cRefundPolicy\x12?\n\x14\x65xpired_lot_handling\x18\x01 \x01(\x0e\x32!.loyalty.v1.ExpiredRefundHandling\x12/\n\x0cgrace_period\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x88\x03\n\x06Scheme\x12\x11\n\tscheme_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12+\n\x06\x61ssets\x18\x03 \x03(\x0b\x32\x1b.loyalty.v1.AssetDefinition\x12\x10\n\x08timezone\x18\x04 \x01(\t\x12\x37\n\x15\x64\x65\x66\x61ult_expiry_policy\x18\x05 \x01(\x0b\x32\x18.loyalty.v1.ExpiryPolicy\x12/\n\rrefund_policy\x18\x06 \x01(\x0b\x32\x18.loyalty.v1.RefundPolicy\x12\x1b\n\x13\x63\x61sh_expiry_allowed\x18\x07 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x12warning_lead_times\x18\n \x03(\x0b\x32\x19.google.protobuf.Duration\"M\n\x13\x43reateSchemeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\"\n\x06scheme\x18\x02 \x01(\x0b\x32\x12.loyalty.v1.Scheme\":\n\x14\x43reateSchemeResponse\x12\"\n\x06scheme\x18\x01 \x01(\x0b\x32\x12.loyalty.v1.Scheme\"%\n\x10GetSchemeRequest\x12\x11\n\tscheme_id\x18\x01 \x01(\t\"7\n\x11GetSchemeResponse\x12\"\n\x06scheme\x18\x01 \x01(\x0b\x32\x12.loyalty.v1.Scheme\";\n\x12ListSchemesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"S\n\x13ListSchemesResponse\x12#\n\x07schemes\x18\x01 \x03(\x0b\x32\x12.loyalty.v1.Scheme\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"~\n\x13UpdateSchemeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\"\n\x06scheme\x18\x02 \x01(\x0b\x32\x12.loyalty.v1.Scheme\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\":\n\x14UpdateSchemeResponse\x12\"\n\x06scheme\x18\x01 \x01(\x0b\x32\x12.loyalty.v1.Scheme*\x8a\x01\n\x15\x45xpiredRefundHandling\x12\'\n#EXPIRED_REFUND_HANDLING_UNSPECIFIED\x10\x00\x12\"\n\x1e\x45XPIRED_REFUND_HANDLING_EXPIRE\x10\x01\x12$\n EXPIRED_REFUND_HANDLING_RECREDIT\x10\x02\x32\xce\x02\n\x0cOfferService\x12Q\n\x0c\x43reateScheme\x12\x1f.loyalty.v1.CreateSchemeRequest\x1a .loyalty.v1.CreateSchemeResponse\x12H\n\tGetScheme\x12\x1c.loyalty.v1.GetSchemeRequest\x1a\x1d.loyalty.v1.GetSchemeResponse\x12N\n\x0bListSchemes\x12\x1e.loyalty.v1.ListSchemesRequest\x1a\x1f.loyalty.v1.ListSchemesResponse\x12Q\n\x0cUpdateScheme\x12\x1f.loyalty.v1.UpdateSchemeRequest\x1a .loyalty.v1.UpdateSchemeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16loyalty/v1/offer.proto\x12\nloyalty.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17loyalty/v1/common.proto\x1a\x18loyalty/v1/rewards.proto\".\n\x0f\x41ssetDefinition\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\r\n\x05scale\x18\x02 \x01(\x05\"\x80\x01\n\x0cRefundPolicy\x12?\n\x14\x65xpired_lot_handling\x18\x01 \x01(\x0e\x32!.loyalty.v1.ExpiredRefundHandling\x12/\n\x0cgrace_period\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x88\x03\n\x06Scheme\x12\x11\n\tscheme_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12+\n\x06\x61ssets\x18\x03 \x03(\x0b\x32\x1b.loyalty.v1.AssetDefinition\x12\x10\n\x08timezone\x18\x04 \x01(\t\x12\x37\n\x15\x64\x65\x66\x61ult_expiry_policy\x18\x05 \x01(\x0b\x32\x18.loyalty.v1.ExpiryPolicy\x12/\n\rrefund_policy\x18\x06 \x01(\x0b\x32\x18.loyalty.v1.RefundPolicy\x12\x1b\n\x13\x63\x61sh_expiry_allowed\x18\x07 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x12warning_lead_times\x18\n \x03(\x0b\x32\x19.google.protobuf.Duration\"M\n\x13\x43reateSchemeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\"\n\x06scheme\x18\x02 \x01(\x0b\x32\x12.loyalty.v1.Scheme\":\n\x14\x43reateSchemeResponse\x12\"\n\x06scheme\x18\x01 \x01(\x0b\x32\x12.loyalty.v1.Scheme\"%\n\x10GetSchemeRequest\x12\x11\n\tscheme_id\x18\x01 \x01(\t\"7\n\x11GetSchemeResponse\x12\"\n\x06scheme\x18\x01 \x01(\x0b\x32\x12.loyalty.v1.Scheme\";\n\x12ListSchemesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"S\n\x13ListSchemesResponse\x12#\n\x07schemes\x18\x01 \x03(\x0b\x32\x12.loyalty.v1.Scheme\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"~\n\x13UpdateSchemeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\"\n\x06scheme\x18\x02 \x01(\x0b\x32\x12.loyalty.v1.Scheme\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\":\n\x14UpdateSchemeResponse\x12\"\n\x06scheme\x18\x01 \x01(\x0b\x32\x12.loyalty.v1.Scheme\"J\n\x12\x43reateOfferRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12 \n\x05offer\x18\x02 \x01(\x0b\x32\x11.loyalty.v1.Offer\"7\n\x13\x43reateOfferResponse\x12 \n\x05offer\x18\x01 \x01(\x0b\x32\x11.loyalty.v1.Offer\"#\n\x0fGetOfferRequest\x12\x10\n\x08offer_id\x18\x01 \x01(\t\"4\n\x10GetOfferResponse\x12 \n\x05offer\x18\x01 \x01(\x0b\x32\x11.loyalty.v1.Offer\"v\n\x11ListOffersRequest\x12\x11\n\tscheme_id\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0e\x32\x17.loyalty.v1.OfferStatus\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"P\n\x12ListOffersResponse\x12!\n\x06offers\x18\x01 \x03(\x0b\x32\x11.loyalty.v1.Offer\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x8b\x01\n\x12UpdateOfferRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12 \n\x05offer\x18\x02 \x01(\x0b\x32\x11.loyalty.v1.Offer\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x0e\n\x06reason\x18\x04 \x01(\t\"7\n\x13UpdateOfferResponse\x12 \n\x05offer\x18\x01 \x01(\x0b\x32\x11.loyalty.v1.Offer\"F\n\x10\x43opyOfferRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08offer_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"5\n\x11\x43opyOfferResponse\x12 \n\x05offer\x18\x01 \x01(\x0b\x32\x11.loyalty.v1.Offer\"v\n\x15SetOfferStatusRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08offer_id\x18\x02 \x01(\t\x12\'\n\x06status\x18\x03 \x01(\x0e\x32\x17.loyalty.v1.OfferStatus\x12\x0e\n\x06reason\x18\x04 \x01(\t\":\n\x16SetOfferStatusResponse\x12 \n\x05offer\x18\x01 \x01(\x0b\x32\x11.loyalty.v1.Offer\"R\n\x17ListOfferChangesRequest\x12\x10\n\x08offer_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"]\n\x18ListOfferChangesResponse\x12(\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x17.loyalty.v1.OfferChange\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"e\n\x12SubmitEventRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\twallet_id\x18\x02 \x01(\t\x12(\n\x05\x65vent\x18\x03 \x01(\x0b\x32\x19.loyalty.v1.CustomerEvent\"W\n\x13SubmitEventResponse\x12&\n\x06\x61wards\x18\x01 \x03(\x0b\x32\x16.loyalty.v1.OfferAward\x12\x18\n\x10instant_discount\x18\x02 \x01(\x03\"S\n\x14\x45valuateEventRequest\x12\x11\n\twallet_id\x18\x01 \x01(\t\x12(\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x19.loyalty.v1.CustomerEvent\"Y\n\x15\x45valuateEventResponse\x12&\n\x06\x61wards\x18\x01 \x03(\x0b\x32\x16.loyalty.v1.OfferAward\x12\x18\n\x10instant_discount\x18\x02 \x01(\x03*\x8a\x01\n\x15\x45xpiredRefundHandling\x12\'\n#EXPIRED_REFUND_HANDLING_UNSPECIFIED\x10\x00\x12\"\n\x1e\x45XPIRED_REFUND_HANDLING_EXPIRE\x10\x01\x12$\n EXPIRED_REFUND_HANDLING_RECREDIT\x10\x02\x32\xaa\x08\n\x0cOfferService\x12Q\n\x0c\x43reateScheme\x12\x1f.loyalty.v1.CreateSchemeRequest\x1a .loyalty.v1.CreateSchemeResponse\x12H\n\tGetScheme\x12\x1c.loyalty.v1.GetSchemeRequest\x1a\x1d.loyalty.v1.GetSchemeResponse\x12N\n\x0bListSchemes\x12\x1e.loyalty.v1.ListSchemesRequest\x1a\x1f.loyalty.v1.ListSchemesResponse\x12Q\n\x0cUpdateScheme\x12\x1f.loyalty.v1.UpdateSchemeRequest\x1a .loyalty.v1.UpdateSchemeResponse\x12N\n\x0b\x43reateOffer\x12\x1e.loyalty.v1.CreateOfferRequest\x1a\x1f.loyalty.v1.CreateOfferResponse\x12\x45\n\x08GetOffer\x12\x1b.loyalty.v1.GetOfferRequest\x1a\x1c.loyalty.v1.GetOfferResponse\x12K\n\nListOffers\x12\x1d.loyalty.v1.ListOffersRequest\x1a\x1e.loyalty.v1.ListOffersResponse\x12N\n\x0bUpdateOffer\x12\x1e.loyalty.v1.UpdateOfferRequest\x1a\x1f.loyalty.v1.UpdateOfferResponse\x12H\n\tCopyOffer\x12\x1c.loyalty.v1.CopyOfferRequest\x1a\x1d.loyalty.v1.CopyOfferResponse\x12W\n\x0eSetOfferStatus\x12!.loyalty.v1.SetOfferStatusRequest\x1a\".loyalty.v1.SetOfferStatusResponse\x12]\n\x10ListOfferChanges\x12#.loyalty.v1.ListOfferChangesRequest\x1a$.loyalty.v1.ListOfferChangesResponse\x12N\n\x0bSubmitEvent\x12\x1e.loyalty.v1.SubmitEventRequest\x1a\x1f.loyalty.v1.SubmitEventResponse\x12T\n\rEvaluateEvent\x12 .loyalty.v1.EvaluateEventRequest\x1a!.loyalty.v1.EvaluateEventResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'loyalty.v1.offer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EXPIREDREFUNDHANDLING']._serialized_start=1306
-  _globals['_EXPIREDREFUNDHANDLING']._serialized_end=1444
-  _globals['_ASSETDEFINITION']._serialized_start=162
-  _globals['_ASSETDEFINITION']._serialized_end=208
-  _globals['_REFUNDPOLICY']._serialized_start=211
-  _globals['_REFUNDPOLICY']._serialized_end=339
-  _globals['_SCHEME']._serialized_start=342
-  _globals['_SCHEME']._serialized_end=734
-  _globals['_CREATESCHEMEREQUEST']._serialized_start=736
-  _globals['_CREATESCHEMEREQUEST']._serialized_end=813
-  _globals['_CREATESCHEMERESPONSE']._serialized_start=815
-  _globals['_CREATESCHEMERESPONSE']._serialized_end=873
-  _globals['_GETSCHEMEREQUEST']._serialized_start=875
-  _globals['_GETSCHEMEREQUEST']._serialized_end=912
-  _globals['_GETSCHEMERESPONSE']._serialized_start=914
-  _globals['_GETSCHEMERESPONSE']._serialized_end=969
-  _globals['_LISTSCHEMESREQUEST']._serialized_start=971
-  _globals['_LISTSCHEMESREQUEST']._serialized_end=1030
-  _globals['_LISTSCHEMESRESPONSE']._serialized_start=1032
-  _globals['_LISTSCHEMESRESPONSE']._serialized_end=1115
-  _globals['_UPDATESCHEMEREQUEST']._serialized_start=1117
-  _globals['_UPDATESCHEMEREQUEST']._serialized_end=1243
-  _globals['_UPDATESCHEMERESPONSE']._serialized_start=1245
-  _globals['_UPDATESCHEMERESPONSE']._serialized_end=1303
-  _globals['_OFFERSERVICE']._serialized_start=1447
-  _globals['_OFFERSERVICE']._serialized_end=1781
+  _globals['_EXPIREDREFUNDHANDLING']._serialized_start=2811
+  _globals['_EXPIREDREFUNDHANDLING']._serialized_end=2949
+  _globals['_ASSETDEFINITION']._serialized_start=188
+  _globals['_ASSETDEFINITION']._serialized_end=234
+  _globals['_REFUNDPOLICY']._serialized_start=237
+  _globals['_REFUNDPOLICY']._serialized_end=365
+  _globals['_SCHEME']._serialized_start=368
+  _globals['_SCHEME']._serialized_end=760
+  _globals['_CREATESCHEMEREQUEST']._serialized_start=762
+  _globals['_CREATESCHEMEREQUEST']._serialized_end=839
+  _globals['_CREATESCHEMERESPONSE']._serialized_start=841
+  _globals['_CREATESCHEMERESPONSE']._serialized_end=899
+  _globals['_GETSCHEMEREQUEST']._serialized_start=901
+  _globals['_GETSCHEMEREQUEST']._serialized_end=938
+  _globals['_GETSCHEMERESPONSE']._serialized_start=940
+  _globals['_GETSCHEMERESPONSE']._serialized_end=995
+  _globals['_LISTSCHEMESREQUEST']._serialized_start=997
+  _globals['_LISTSCHEMESREQUEST']._serialized_end=1056
+  _globals['_LISTSCHEMESRESPONSE']._serialized_start=1058
+  _globals['_LISTSCHEMESRESPONSE']._serialized_end=1141
+  _globals['_UPDATESCHEMEREQUEST']._serialized_start=1143
+  _globals['_UPDATESCHEMEREQUEST']._serialized_end=1269
+  _globals['_UPDATESCHEMERESPONSE']._serialized_start=1271
+  _globals['_UPDATESCHEMERESPONSE']._serialized_end=1329
+  _globals['_CREATEOFFERREQUEST']._serialized_start=1331
+  _globals['_CREATEOFFERREQUEST']._serialized_end=1405
+  _globals['_CREATEOFFERRESPONSE']._serialized_start=1407
+  _globals['_CREATEOFFERRESPONSE']._serialized_end=1462
+  _globals['_GETOFFERREQUEST']._serialized_start=1464
+  _globals['_GETOFFERREQUEST']._serialized_end=1499
+  _globals['_GETOFFERRESPONSE']._serialized_start=1501
+  _globals['_GETOFFERRESPONSE']._serialized_end=1553
+  _globals['_LISTOFFERSREQUEST']._serialized_start=1555
+  _globals['_LISTOFFERSREQUEST']._serialized_end=1673
+  _globals['_LISTOFFERSRESPONSE']._serialized_start=1675
+  _globals['_LISTOFFERSRESPONSE']._serialized_end=1755
+  _globals['_UPDATEOFFERREQUEST']._serialized_start=1758
+  _globals['_UPDATEOFFERREQUEST']._serialized_end=1897
+  _globals['_UPDATEOFFERRESPONSE']._serialized_start=1899
+  _globals['_UPDATEOFFERRESPONSE']._serialized_end=1954
+  _globals['_COPYOFFERREQUEST']._serialized_start=1956
+  _globals['_COPYOFFERREQUEST']._serialized_end=2026
+  _globals['_COPYOFFERRESPONSE']._serialized_start=2028
+  _globals['_COPYOFFERRESPONSE']._serialized_end=2081
+  _globals['_SETOFFERSTATUSREQUEST']._serialized_start=2083
+  _globals['_SETOFFERSTATUSREQUEST']._serialized_end=2201
+  _globals['_SETOFFERSTATUSRESPONSE']._serialized_start=2203
+  _globals['_SETOFFERSTATUSRESPONSE']._serialized_end=2261
+  _globals['_LISTOFFERCHANGESREQUEST']._serialized_start=2263
+  _globals['_LISTOFFERCHANGESREQUEST']._serialized_end=2345
+  _globals['_LISTOFFERCHANGESRESPONSE']._serialized_start=2347
+  _globals['_LISTOFFERCHANGESRESPONSE']._serialized_end=2440
+  _globals['_SUBMITEVENTREQUEST']._serialized_start=2442
+  _globals['_SUBMITEVENTREQUEST']._serialized_end=2543
+  _globals['_SUBMITEVENTRESPONSE']._serialized_start=2545
+  _globals['_SUBMITEVENTRESPONSE']._serialized_end=2632
+  _globals['_EVALUATEEVENTREQUEST']._serialized_start=2634
+  _globals['_EVALUATEEVENTREQUEST']._serialized_end=2717
+  _globals['_EVALUATEEVENTRESPONSE']._serialized_start=2719
+  _globals['_EVALUATEEVENTRESPONSE']._serialized_end=2808
+  _globals['_OFFERSERVICE']._serialized_start=2952
+  _globals['_OFFERSERVICE']._serialized_end=4018
 # @@protoc_insertion_point(module_scope)

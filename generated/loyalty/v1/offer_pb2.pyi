@@ -12,6 +12,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from loyalty.v1 import common_pb2 as _common_pb2
+from loyalty.v1 import rewards_pb2 as _rewards_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -396,3 +397,513 @@ class UpdateSchemeResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UpdateSchemeResponse: _TypeAlias = UpdateSchemeResponse  # noqa: Y015
+
+@_typing.final
+class CreateOfferRequest(_message.Message):
+    """Request of CreateOffer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    OFFER_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Idempotency key, 1-64 characters (see CreateSchemeRequest.request_id)."""
+    @_builtins.property
+    def offer(self) -> _rewards_pb2.Offer:
+        """The offer to create, with its `scheme_id`. Output-only fields are ignored."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        offer: _rewards_pb2.Offer | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["offer", b"offer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["offer", b"offer", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateOfferRequest: _TypeAlias = CreateOfferRequest  # noqa: Y015
+
+@_typing.final
+class CreateOfferResponse(_message.Message):
+    """Response of CreateOffer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OFFER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def offer(self) -> _rewards_pb2.Offer:
+        """The created offer, in DRAFT."""
+
+    def __init__(
+        self,
+        *,
+        offer: _rewards_pb2.Offer | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["offer", b"offer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["offer", b"offer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateOfferResponse: _TypeAlias = CreateOfferResponse  # noqa: Y015
+
+@_typing.final
+class GetOfferRequest(_message.Message):
+    """Request of GetOffer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OFFER_ID_FIELD_NUMBER: _builtins.int
+    offer_id: _builtins.str
+    """The offer to return."""
+    def __init__(
+        self,
+        *,
+        offer_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["offer_id", b"offer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetOfferRequest: _TypeAlias = GetOfferRequest  # noqa: Y015
+
+@_typing.final
+class GetOfferResponse(_message.Message):
+    """Response of GetOffer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OFFER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def offer(self) -> _rewards_pb2.Offer:
+        """The offer."""
+
+    def __init__(
+        self,
+        *,
+        offer: _rewards_pb2.Offer | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["offer", b"offer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["offer", b"offer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetOfferResponse: _TypeAlias = GetOfferResponse  # noqa: Y015
+
+@_typing.final
+class ListOffersRequest(_message.Message):
+    """Request of ListOffers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEME_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    scheme_id: _builtins.str
+    """The scheme whose offers to list. Required."""
+    status: _rewards_pb2.OfferStatus.ValueType
+    """Only offers in this status; unset lists all."""
+    page_size: _builtins.int
+    """Maximum number of offers to return: 1-1000, default 100; larger values are coerced to 1000."""
+    page_token: _builtins.str
+    """`next_page_token` of the previous page; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        scheme_id: _builtins.str = ...,
+        status: _rewards_pb2.OfferStatus.ValueType = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "scheme_id", b"scheme_id", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListOffersRequest: _TypeAlias = ListOffersRequest  # noqa: Y015
+
+@_typing.final
+class ListOffersResponse(_message.Message):
+    """Response of ListOffers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OFFERS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def offers(self) -> _containers.RepeatedCompositeFieldContainer[_rewards_pb2.Offer]:
+        """The offers of this page, in creation order."""
+
+    def __init__(
+        self,
+        *,
+        offers: _abc.Iterable[_rewards_pb2.Offer] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "offers", b"offers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListOffersResponse: _TypeAlias = ListOffersResponse  # noqa: Y015
+
+@_typing.final
+class UpdateOfferRequest(_message.Message):
+    """Request of UpdateOffer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    OFFER_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Idempotency key, 1-64 characters."""
+    reason: _builtins.str
+    """Why, for the audit trail (at most 500 characters)."""
+    @_builtins.property
+    def offer(self) -> _rewards_pb2.Offer:
+        """The offer with its `offer_id` and the new values of the fields named in `update_mask`."""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """Fields to update: name, rule, conditions, asset, spend_method, exclusive, wallet_caps,
+        budget, expiry_policy, activation_delay, sponsor_id, spend_conditions. Required.
+        """
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        offer: _rewards_pb2.Offer | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["offer", b"offer", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["offer", b"offer", "reason", b"reason", "request_id", b"request_id", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateOfferRequest: _TypeAlias = UpdateOfferRequest  # noqa: Y015
+
+@_typing.final
+class UpdateOfferResponse(_message.Message):
+    """Response of UpdateOffer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OFFER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def offer(self) -> _rewards_pb2.Offer:
+        """The offer after the update."""
+
+    def __init__(
+        self,
+        *,
+        offer: _rewards_pb2.Offer | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["offer", b"offer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["offer", b"offer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateOfferResponse: _TypeAlias = UpdateOfferResponse  # noqa: Y015
+
+@_typing.final
+class CopyOfferRequest(_message.Message):
+    """Request of CopyOffer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    OFFER_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Idempotency key, 1-64 characters."""
+    offer_id: _builtins.str
+    """The offer to copy."""
+    name: _builtins.str
+    """The copy's name; empty keeps the original's."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        offer_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "offer_id", b"offer_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CopyOfferRequest: _TypeAlias = CopyOfferRequest  # noqa: Y015
+
+@_typing.final
+class CopyOfferResponse(_message.Message):
+    """Response of CopyOffer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OFFER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def offer(self) -> _rewards_pb2.Offer:
+        """The new offer, in DRAFT."""
+
+    def __init__(
+        self,
+        *,
+        offer: _rewards_pb2.Offer | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["offer", b"offer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["offer", b"offer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CopyOfferResponse: _TypeAlias = CopyOfferResponse  # noqa: Y015
+
+@_typing.final
+class SetOfferStatusRequest(_message.Message):
+    """Request of SetOfferStatus."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    OFFER_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Idempotency key, 1-64 characters."""
+    offer_id: _builtins.str
+    """The offer."""
+    status: _rewards_pb2.OfferStatus.ValueType
+    """The status to move to: ACTIVE, PAUSED or ENDED."""
+    reason: _builtins.str
+    """Why, for the audit trail (at most 500 characters)."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        offer_id: _builtins.str = ...,
+        status: _rewards_pb2.OfferStatus.ValueType = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["offer_id", b"offer_id", "reason", b"reason", "request_id", b"request_id", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetOfferStatusRequest: _TypeAlias = SetOfferStatusRequest  # noqa: Y015
+
+@_typing.final
+class SetOfferStatusResponse(_message.Message):
+    """Response of SetOfferStatus."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OFFER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def offer(self) -> _rewards_pb2.Offer:
+        """The offer after the change."""
+
+    def __init__(
+        self,
+        *,
+        offer: _rewards_pb2.Offer | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["offer", b"offer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["offer", b"offer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetOfferStatusResponse: _TypeAlias = SetOfferStatusResponse  # noqa: Y015
+
+@_typing.final
+class ListOfferChangesRequest(_message.Message):
+    """Request of ListOfferChanges."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OFFER_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    offer_id: _builtins.str
+    """The offer."""
+    page_size: _builtins.int
+    """Maximum number of changes to return: 1-1000, default 100."""
+    page_token: _builtins.str
+    """`next_page_token` of the previous page; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        offer_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["offer_id", b"offer_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListOfferChangesRequest: _TypeAlias = ListOfferChangesRequest  # noqa: Y015
+
+@_typing.final
+class ListOfferChangesResponse(_message.Message):
+    """Response of ListOfferChanges."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[_rewards_pb2.OfferChange]:
+        """The changes of this page, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        changes: _abc.Iterable[_rewards_pb2.OfferChange] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListOfferChangesResponse: _TypeAlias = ListOfferChangesResponse  # noqa: Y015
+
+@_typing.final
+class SubmitEventRequest(_message.Message):
+    """Request of SubmitEvent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    WALLET_ID_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Idempotency key, 1-64 characters: one event is awarded once, however often it is sent."""
+    wallet_id: _builtins.str
+    """The wallet the event happened to. It must be ACTIVE."""
+    @_builtins.property
+    def event(self) -> _rewards_pb2.CustomerEvent:
+        """The event."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        wallet_id: _builtins.str = ...,
+        event: _rewards_pb2.CustomerEvent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "request_id", b"request_id", "wallet_id", b"wallet_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitEventRequest: _TypeAlias = SubmitEventRequest  # noqa: Y015
+
+@_typing.final
+class SubmitEventResponse(_message.Message):
+    """Response of SubmitEvent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AWARDS_FIELD_NUMBER: _builtins.int
+    INSTANT_DISCOUNT_FIELD_NUMBER: _builtins.int
+    instant_discount: _builtins.int
+    """The sum of INSTANT awards in the event's currency: the discount to apply at the till."""
+    @_builtins.property
+    def awards(self) -> _containers.RepeatedCompositeFieldContainer[_rewards_pb2.OfferAward]:
+        """What each offer gave, ordered by offer_id; empty when nothing qualified."""
+
+    def __init__(
+        self,
+        *,
+        awards: _abc.Iterable[_rewards_pb2.OfferAward] | None = ...,
+        instant_discount: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["awards", b"awards", "instant_discount", b"instant_discount"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitEventResponse: _TypeAlias = SubmitEventResponse  # noqa: Y015
+
+@_typing.final
+class EvaluateEventRequest(_message.Message):
+    """Request of EvaluateEvent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WALLET_ID_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    wallet_id: _builtins.str
+    """The wallet to evaluate for."""
+    @_builtins.property
+    def event(self) -> _rewards_pb2.CustomerEvent:
+        """The event, as it would be submitted."""
+
+    def __init__(
+        self,
+        *,
+        wallet_id: _builtins.str = ...,
+        event: _rewards_pb2.CustomerEvent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "wallet_id", b"wallet_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvaluateEventRequest: _TypeAlias = EvaluateEventRequest  # noqa: Y015
+
+@_typing.final
+class EvaluateEventResponse(_message.Message):
+    """Response of EvaluateEvent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AWARDS_FIELD_NUMBER: _builtins.int
+    INSTANT_DISCOUNT_FIELD_NUMBER: _builtins.int
+    instant_discount: _builtins.int
+    """The sum of INSTANT awards in the event's currency."""
+    @_builtins.property
+    def awards(self) -> _containers.RepeatedCompositeFieldContainer[_rewards_pb2.OfferAward]:
+        """What each offer would give, ordered by offer_id."""
+
+    def __init__(
+        self,
+        *,
+        awards: _abc.Iterable[_rewards_pb2.OfferAward] | None = ...,
+        instant_discount: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["awards", b"awards", "instant_discount", b"instant_discount"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvaluateEventResponse: _TypeAlias = EvaluateEventResponse  # noqa: Y015

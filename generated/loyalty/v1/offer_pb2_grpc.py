@@ -26,8 +26,8 @@ if _version_not_supported:
 
 
 class OfferServiceStub:
-    """OfferService defines loyalty programmes (schemes) and, later, the offers that turn customer
-    events into awards.
+    """OfferService defines loyalty programmes (schemes) and the offers that turn customer events
+    into awards.
     """
 
     def __init__(self, channel):
@@ -56,11 +56,56 @@ class OfferServiceStub:
                 request_serializer=loyalty_dot_v1_dot_offer__pb2.UpdateSchemeRequest.SerializeToString,
                 response_deserializer=loyalty_dot_v1_dot_offer__pb2.UpdateSchemeResponse.FromString,
                 _registered_method=True)
+        self.CreateOffer = channel.unary_unary(
+                '/loyalty.v1.OfferService/CreateOffer',
+                request_serializer=loyalty_dot_v1_dot_offer__pb2.CreateOfferRequest.SerializeToString,
+                response_deserializer=loyalty_dot_v1_dot_offer__pb2.CreateOfferResponse.FromString,
+                _registered_method=True)
+        self.GetOffer = channel.unary_unary(
+                '/loyalty.v1.OfferService/GetOffer',
+                request_serializer=loyalty_dot_v1_dot_offer__pb2.GetOfferRequest.SerializeToString,
+                response_deserializer=loyalty_dot_v1_dot_offer__pb2.GetOfferResponse.FromString,
+                _registered_method=True)
+        self.ListOffers = channel.unary_unary(
+                '/loyalty.v1.OfferService/ListOffers',
+                request_serializer=loyalty_dot_v1_dot_offer__pb2.ListOffersRequest.SerializeToString,
+                response_deserializer=loyalty_dot_v1_dot_offer__pb2.ListOffersResponse.FromString,
+                _registered_method=True)
+        self.UpdateOffer = channel.unary_unary(
+                '/loyalty.v1.OfferService/UpdateOffer',
+                request_serializer=loyalty_dot_v1_dot_offer__pb2.UpdateOfferRequest.SerializeToString,
+                response_deserializer=loyalty_dot_v1_dot_offer__pb2.UpdateOfferResponse.FromString,
+                _registered_method=True)
+        self.CopyOffer = channel.unary_unary(
+                '/loyalty.v1.OfferService/CopyOffer',
+                request_serializer=loyalty_dot_v1_dot_offer__pb2.CopyOfferRequest.SerializeToString,
+                response_deserializer=loyalty_dot_v1_dot_offer__pb2.CopyOfferResponse.FromString,
+                _registered_method=True)
+        self.SetOfferStatus = channel.unary_unary(
+                '/loyalty.v1.OfferService/SetOfferStatus',
+                request_serializer=loyalty_dot_v1_dot_offer__pb2.SetOfferStatusRequest.SerializeToString,
+                response_deserializer=loyalty_dot_v1_dot_offer__pb2.SetOfferStatusResponse.FromString,
+                _registered_method=True)
+        self.ListOfferChanges = channel.unary_unary(
+                '/loyalty.v1.OfferService/ListOfferChanges',
+                request_serializer=loyalty_dot_v1_dot_offer__pb2.ListOfferChangesRequest.SerializeToString,
+                response_deserializer=loyalty_dot_v1_dot_offer__pb2.ListOfferChangesResponse.FromString,
+                _registered_method=True)
+        self.SubmitEvent = channel.unary_unary(
+                '/loyalty.v1.OfferService/SubmitEvent',
+                request_serializer=loyalty_dot_v1_dot_offer__pb2.SubmitEventRequest.SerializeToString,
+                response_deserializer=loyalty_dot_v1_dot_offer__pb2.SubmitEventResponse.FromString,
+                _registered_method=True)
+        self.EvaluateEvent = channel.unary_unary(
+                '/loyalty.v1.OfferService/EvaluateEvent',
+                request_serializer=loyalty_dot_v1_dot_offer__pb2.EvaluateEventRequest.SerializeToString,
+                response_deserializer=loyalty_dot_v1_dot_offer__pb2.EvaluateEventResponse.FromString,
+                _registered_method=True)
 
 
 class OfferServiceServicer:
-    """OfferService defines loyalty programmes (schemes) and, later, the offers that turn customer
-    events into awards.
+    """OfferService defines loyalty programmes (schemes) and the offers that turn customer events
+    into awards.
     """
 
     def CreateScheme(self, request, context):
@@ -92,6 +137,75 @@ class OfferServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateOffer(self, request, context):
+        """Creates an offer in DRAFT. Idempotent by `request_id`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetOffer(self, request, context):
+        """Returns one offer, or NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListOffers(self, request, context):
+        """Lists a scheme's offers in creation order, a page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateOffer(self, request, context):
+        """Updates the fields named by `update_mask` of a DRAFT or PAUSED offer (an ACTIVE one must be
+        paused first, an ENDED one is read-only: FAILED_PRECONDITION OFFER_NOT_EDITABLE).
+        Idempotent by `request_id`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CopyOffer(self, request, context):
+        """Copies an offer as a new DRAFT (budget use starts at zero). Idempotent by `request_id`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetOfferStatus(self, request, context):
+        """Moves an offer along its life: DRAFT -> ACTIVE, ACTIVE <-> PAUSED, DRAFT/ACTIVE/PAUSED ->
+        ENDED. Anything else is FAILED_PRECONDITION INVALID_OFFER_TRANSITION. Idempotent by
+        `request_id`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListOfferChanges(self, request, context):
+        """Lists an offer's audit trail, oldest first, a page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitEvent(self, request, context):
+        """Evaluates a customer event against every ACTIVE offer of the wallet's scheme and posts all
+        awards in one database transaction. Idempotent by `request_id`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EvaluateEvent(self, request, context):
+        """The same evaluation as SubmitEvent as a dry run: nothing is written ("what will this basket
+        earn?"). Caps and budgets are read as they are now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OfferServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -115,6 +229,51 @@ def add_OfferServiceServicer_to_server(servicer, server):
                     request_deserializer=loyalty_dot_v1_dot_offer__pb2.UpdateSchemeRequest.FromString,
                     response_serializer=loyalty_dot_v1_dot_offer__pb2.UpdateSchemeResponse.SerializeToString,
             ),
+            'CreateOffer': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateOffer,
+                    request_deserializer=loyalty_dot_v1_dot_offer__pb2.CreateOfferRequest.FromString,
+                    response_serializer=loyalty_dot_v1_dot_offer__pb2.CreateOfferResponse.SerializeToString,
+            ),
+            'GetOffer': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetOffer,
+                    request_deserializer=loyalty_dot_v1_dot_offer__pb2.GetOfferRequest.FromString,
+                    response_serializer=loyalty_dot_v1_dot_offer__pb2.GetOfferResponse.SerializeToString,
+            ),
+            'ListOffers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOffers,
+                    request_deserializer=loyalty_dot_v1_dot_offer__pb2.ListOffersRequest.FromString,
+                    response_serializer=loyalty_dot_v1_dot_offer__pb2.ListOffersResponse.SerializeToString,
+            ),
+            'UpdateOffer': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateOffer,
+                    request_deserializer=loyalty_dot_v1_dot_offer__pb2.UpdateOfferRequest.FromString,
+                    response_serializer=loyalty_dot_v1_dot_offer__pb2.UpdateOfferResponse.SerializeToString,
+            ),
+            'CopyOffer': grpc.unary_unary_rpc_method_handler(
+                    servicer.CopyOffer,
+                    request_deserializer=loyalty_dot_v1_dot_offer__pb2.CopyOfferRequest.FromString,
+                    response_serializer=loyalty_dot_v1_dot_offer__pb2.CopyOfferResponse.SerializeToString,
+            ),
+            'SetOfferStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetOfferStatus,
+                    request_deserializer=loyalty_dot_v1_dot_offer__pb2.SetOfferStatusRequest.FromString,
+                    response_serializer=loyalty_dot_v1_dot_offer__pb2.SetOfferStatusResponse.SerializeToString,
+            ),
+            'ListOfferChanges': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOfferChanges,
+                    request_deserializer=loyalty_dot_v1_dot_offer__pb2.ListOfferChangesRequest.FromString,
+                    response_serializer=loyalty_dot_v1_dot_offer__pb2.ListOfferChangesResponse.SerializeToString,
+            ),
+            'SubmitEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitEvent,
+                    request_deserializer=loyalty_dot_v1_dot_offer__pb2.SubmitEventRequest.FromString,
+                    response_serializer=loyalty_dot_v1_dot_offer__pb2.SubmitEventResponse.SerializeToString,
+            ),
+            'EvaluateEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.EvaluateEvent,
+                    request_deserializer=loyalty_dot_v1_dot_offer__pb2.EvaluateEventRequest.FromString,
+                    response_serializer=loyalty_dot_v1_dot_offer__pb2.EvaluateEventResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'loyalty.v1.OfferService', rpc_method_handlers)
@@ -124,8 +283,8 @@ def add_OfferServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class OfferService:
-    """OfferService defines loyalty programmes (schemes) and, later, the offers that turn customer
-    events into awards.
+    """OfferService defines loyalty programmes (schemes) and the offers that turn customer events
+    into awards.
     """
 
     @staticmethod
@@ -226,6 +385,249 @@ class OfferService:
             '/loyalty.v1.OfferService/UpdateScheme',
             loyalty_dot_v1_dot_offer__pb2.UpdateSchemeRequest.SerializeToString,
             loyalty_dot_v1_dot_offer__pb2.UpdateSchemeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateOffer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.v1.OfferService/CreateOffer',
+            loyalty_dot_v1_dot_offer__pb2.CreateOfferRequest.SerializeToString,
+            loyalty_dot_v1_dot_offer__pb2.CreateOfferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetOffer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.v1.OfferService/GetOffer',
+            loyalty_dot_v1_dot_offer__pb2.GetOfferRequest.SerializeToString,
+            loyalty_dot_v1_dot_offer__pb2.GetOfferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOffers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.v1.OfferService/ListOffers',
+            loyalty_dot_v1_dot_offer__pb2.ListOffersRequest.SerializeToString,
+            loyalty_dot_v1_dot_offer__pb2.ListOffersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateOffer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.v1.OfferService/UpdateOffer',
+            loyalty_dot_v1_dot_offer__pb2.UpdateOfferRequest.SerializeToString,
+            loyalty_dot_v1_dot_offer__pb2.UpdateOfferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CopyOffer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.v1.OfferService/CopyOffer',
+            loyalty_dot_v1_dot_offer__pb2.CopyOfferRequest.SerializeToString,
+            loyalty_dot_v1_dot_offer__pb2.CopyOfferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetOfferStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.v1.OfferService/SetOfferStatus',
+            loyalty_dot_v1_dot_offer__pb2.SetOfferStatusRequest.SerializeToString,
+            loyalty_dot_v1_dot_offer__pb2.SetOfferStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOfferChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.v1.OfferService/ListOfferChanges',
+            loyalty_dot_v1_dot_offer__pb2.ListOfferChangesRequest.SerializeToString,
+            loyalty_dot_v1_dot_offer__pb2.ListOfferChangesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.v1.OfferService/SubmitEvent',
+            loyalty_dot_v1_dot_offer__pb2.SubmitEventRequest.SerializeToString,
+            loyalty_dot_v1_dot_offer__pb2.SubmitEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EvaluateEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.v1.OfferService/EvaluateEvent',
+            loyalty_dot_v1_dot_offer__pb2.EvaluateEventRequest.SerializeToString,
+            loyalty_dot_v1_dot_offer__pb2.EvaluateEventResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,8 +27,8 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class OfferServiceStub:
-    """OfferService defines loyalty programmes (schemes) and, later, the offers that turn customer
-    events into awards.
+    """OfferService defines loyalty programmes (schemes) and the offers that turn customer events
+    into awards.
     """
 
     @_typing.overload
@@ -45,11 +45,39 @@ class OfferServiceStub:
     """Updates the fields of a scheme named by `update_mask`. Assets can be added, never removed
     nor rescaled. Idempotent by `request_id`.
     """
+    CreateOffer: _grpc.UnaryUnaryMultiCallable[_offer_pb2.CreateOfferRequest, _offer_pb2.CreateOfferResponse]
+    """Creates an offer in DRAFT. Idempotent by `request_id`."""
+    GetOffer: _grpc.UnaryUnaryMultiCallable[_offer_pb2.GetOfferRequest, _offer_pb2.GetOfferResponse]
+    """Returns one offer, or NOT_FOUND."""
+    ListOffers: _grpc.UnaryUnaryMultiCallable[_offer_pb2.ListOffersRequest, _offer_pb2.ListOffersResponse]
+    """Lists a scheme's offers in creation order, a page at a time."""
+    UpdateOffer: _grpc.UnaryUnaryMultiCallable[_offer_pb2.UpdateOfferRequest, _offer_pb2.UpdateOfferResponse]
+    """Updates the fields named by `update_mask` of a DRAFT or PAUSED offer (an ACTIVE one must be
+    paused first, an ENDED one is read-only: FAILED_PRECONDITION OFFER_NOT_EDITABLE).
+    Idempotent by `request_id`.
+    """
+    CopyOffer: _grpc.UnaryUnaryMultiCallable[_offer_pb2.CopyOfferRequest, _offer_pb2.CopyOfferResponse]
+    """Copies an offer as a new DRAFT (budget use starts at zero). Idempotent by `request_id`."""
+    SetOfferStatus: _grpc.UnaryUnaryMultiCallable[_offer_pb2.SetOfferStatusRequest, _offer_pb2.SetOfferStatusResponse]
+    """Moves an offer along its life: DRAFT -> ACTIVE, ACTIVE <-> PAUSED, DRAFT/ACTIVE/PAUSED ->
+    ENDED. Anything else is FAILED_PRECONDITION INVALID_OFFER_TRANSITION. Idempotent by
+    `request_id`.
+    """
+    ListOfferChanges: _grpc.UnaryUnaryMultiCallable[_offer_pb2.ListOfferChangesRequest, _offer_pb2.ListOfferChangesResponse]
+    """Lists an offer's audit trail, oldest first, a page at a time."""
+    SubmitEvent: _grpc.UnaryUnaryMultiCallable[_offer_pb2.SubmitEventRequest, _offer_pb2.SubmitEventResponse]
+    """Evaluates a customer event against every ACTIVE offer of the wallet's scheme and posts all
+    awards in one database transaction. Idempotent by `request_id`.
+    """
+    EvaluateEvent: _grpc.UnaryUnaryMultiCallable[_offer_pb2.EvaluateEventRequest, _offer_pb2.EvaluateEventResponse]
+    """The same evaluation as SubmitEvent as a dry run: nothing is written ("what will this basket
+    earn?"). Caps and budgets are read as they are now.
+    """
 
 @_typing.type_check_only
 class OfferServiceAsyncStub(OfferServiceStub):
-    """OfferService defines loyalty programmes (schemes) and, later, the offers that turn customer
-    events into awards.
+    """OfferService defines loyalty programmes (schemes) and the offers that turn customer events
+    into awards.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -63,10 +91,38 @@ class OfferServiceAsyncStub(OfferServiceStub):
     """Updates the fields of a scheme named by `update_mask`. Assets can be added, never removed
     nor rescaled. Idempotent by `request_id`.
     """
+    CreateOffer: _aio.UnaryUnaryMultiCallable[_offer_pb2.CreateOfferRequest, _offer_pb2.CreateOfferResponse]  # type: ignore[assignment]
+    """Creates an offer in DRAFT. Idempotent by `request_id`."""
+    GetOffer: _aio.UnaryUnaryMultiCallable[_offer_pb2.GetOfferRequest, _offer_pb2.GetOfferResponse]  # type: ignore[assignment]
+    """Returns one offer, or NOT_FOUND."""
+    ListOffers: _aio.UnaryUnaryMultiCallable[_offer_pb2.ListOffersRequest, _offer_pb2.ListOffersResponse]  # type: ignore[assignment]
+    """Lists a scheme's offers in creation order, a page at a time."""
+    UpdateOffer: _aio.UnaryUnaryMultiCallable[_offer_pb2.UpdateOfferRequest, _offer_pb2.UpdateOfferResponse]  # type: ignore[assignment]
+    """Updates the fields named by `update_mask` of a DRAFT or PAUSED offer (an ACTIVE one must be
+    paused first, an ENDED one is read-only: FAILED_PRECONDITION OFFER_NOT_EDITABLE).
+    Idempotent by `request_id`.
+    """
+    CopyOffer: _aio.UnaryUnaryMultiCallable[_offer_pb2.CopyOfferRequest, _offer_pb2.CopyOfferResponse]  # type: ignore[assignment]
+    """Copies an offer as a new DRAFT (budget use starts at zero). Idempotent by `request_id`."""
+    SetOfferStatus: _aio.UnaryUnaryMultiCallable[_offer_pb2.SetOfferStatusRequest, _offer_pb2.SetOfferStatusResponse]  # type: ignore[assignment]
+    """Moves an offer along its life: DRAFT -> ACTIVE, ACTIVE <-> PAUSED, DRAFT/ACTIVE/PAUSED ->
+    ENDED. Anything else is FAILED_PRECONDITION INVALID_OFFER_TRANSITION. Idempotent by
+    `request_id`.
+    """
+    ListOfferChanges: _aio.UnaryUnaryMultiCallable[_offer_pb2.ListOfferChangesRequest, _offer_pb2.ListOfferChangesResponse]  # type: ignore[assignment]
+    """Lists an offer's audit trail, oldest first, a page at a time."""
+    SubmitEvent: _aio.UnaryUnaryMultiCallable[_offer_pb2.SubmitEventRequest, _offer_pb2.SubmitEventResponse]  # type: ignore[assignment]
+    """Evaluates a customer event against every ACTIVE offer of the wallet's scheme and posts all
+    awards in one database transaction. Idempotent by `request_id`.
+    """
+    EvaluateEvent: _aio.UnaryUnaryMultiCallable[_offer_pb2.EvaluateEventRequest, _offer_pb2.EvaluateEventResponse]  # type: ignore[assignment]
+    """The same evaluation as SubmitEvent as a dry run: nothing is written ("what will this basket
+    earn?"). Caps and budgets are read as they are now.
+    """
 
 class OfferServiceServicer(metaclass=_abc_1.ABCMeta):
-    """OfferService defines loyalty programmes (schemes) and, later, the offers that turn customer
-    events into awards.
+    """OfferService defines loyalty programmes (schemes) and the offers that turn customer events
+    into awards.
     """
 
     @_abc_1.abstractmethod
@@ -101,6 +157,88 @@ class OfferServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_offer_pb2.UpdateSchemeResponse, _abc.Awaitable[_offer_pb2.UpdateSchemeResponse]]:
         """Updates the fields of a scheme named by `update_mask`. Assets can be added, never removed
         nor rescaled. Idempotent by `request_id`.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateOffer(
+        self,
+        request: _offer_pb2.CreateOfferRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_offer_pb2.CreateOfferResponse, _abc.Awaitable[_offer_pb2.CreateOfferResponse]]:
+        """Creates an offer in DRAFT. Idempotent by `request_id`."""
+
+    @_abc_1.abstractmethod
+    def GetOffer(
+        self,
+        request: _offer_pb2.GetOfferRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_offer_pb2.GetOfferResponse, _abc.Awaitable[_offer_pb2.GetOfferResponse]]:
+        """Returns one offer, or NOT_FOUND."""
+
+    @_abc_1.abstractmethod
+    def ListOffers(
+        self,
+        request: _offer_pb2.ListOffersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_offer_pb2.ListOffersResponse, _abc.Awaitable[_offer_pb2.ListOffersResponse]]:
+        """Lists a scheme's offers in creation order, a page at a time."""
+
+    @_abc_1.abstractmethod
+    def UpdateOffer(
+        self,
+        request: _offer_pb2.UpdateOfferRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_offer_pb2.UpdateOfferResponse, _abc.Awaitable[_offer_pb2.UpdateOfferResponse]]:
+        """Updates the fields named by `update_mask` of a DRAFT or PAUSED offer (an ACTIVE one must be
+        paused first, an ENDED one is read-only: FAILED_PRECONDITION OFFER_NOT_EDITABLE).
+        Idempotent by `request_id`.
+        """
+
+    @_abc_1.abstractmethod
+    def CopyOffer(
+        self,
+        request: _offer_pb2.CopyOfferRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_offer_pb2.CopyOfferResponse, _abc.Awaitable[_offer_pb2.CopyOfferResponse]]:
+        """Copies an offer as a new DRAFT (budget use starts at zero). Idempotent by `request_id`."""
+
+    @_abc_1.abstractmethod
+    def SetOfferStatus(
+        self,
+        request: _offer_pb2.SetOfferStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_offer_pb2.SetOfferStatusResponse, _abc.Awaitable[_offer_pb2.SetOfferStatusResponse]]:
+        """Moves an offer along its life: DRAFT -> ACTIVE, ACTIVE <-> PAUSED, DRAFT/ACTIVE/PAUSED ->
+        ENDED. Anything else is FAILED_PRECONDITION INVALID_OFFER_TRANSITION. Idempotent by
+        `request_id`.
+        """
+
+    @_abc_1.abstractmethod
+    def ListOfferChanges(
+        self,
+        request: _offer_pb2.ListOfferChangesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_offer_pb2.ListOfferChangesResponse, _abc.Awaitable[_offer_pb2.ListOfferChangesResponse]]:
+        """Lists an offer's audit trail, oldest first, a page at a time."""
+
+    @_abc_1.abstractmethod
+    def SubmitEvent(
+        self,
+        request: _offer_pb2.SubmitEventRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_offer_pb2.SubmitEventResponse, _abc.Awaitable[_offer_pb2.SubmitEventResponse]]:
+        """Evaluates a customer event against every ACTIVE offer of the wallet's scheme and posts all
+        awards in one database transaction. Idempotent by `request_id`.
+        """
+
+    @_abc_1.abstractmethod
+    def EvaluateEvent(
+        self,
+        request: _offer_pb2.EvaluateEventRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_offer_pb2.EvaluateEventResponse, _abc.Awaitable[_offer_pb2.EvaluateEventResponse]]:
+        """The same evaluation as SubmitEvent as a dry run: nothing is written ("what will this basket
+        earn?"). Caps and budgets are read as they are now.
         """
 
 def add_OfferServiceServicer_to_server(servicer: OfferServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

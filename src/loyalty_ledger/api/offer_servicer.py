@@ -1,24 +1,55 @@
-"""OfferService: schemes (offers come later). Validate, translate, call the ledger."""
+"""OfferService: schemes, offers and customer events. Validate, translate, call the ledger."""
 
 from __future__ import annotations
 
 from typing import TypeAlias
 
 import grpc
-from loyalty.v1 import offer_pb2, offer_pb2_grpc
+from google.protobuf.message import Message
+from loyalty.v1 import offer_pb2, offer_pb2_grpc, rewards_pb2
 
-from loyalty_ledger.api import convert, limits
+from loyalty_ledger.api import convert, limits, offer_rules
 from loyalty_ledger.api.errors import rpc_errors
 from loyalty_ledger.api.mutate import mutate
+from loyalty_ledger.api.offer_codec import (
+    STATUS_FROM_PROTO,
+    change_to_proto,
+    definition_json,
+    definition_proto,
+    offer_to_proto,
+)
 from loyalty_ledger.api.validation import Checks
+from loyalty_ledger.domain import rewards
+from loyalty_ledger.domain.errors import FailedPrecondition, InvalidArgument
 from loyalty_ledger.domain.expiry import Never
+from loyalty_ledger.domain.timeutil import to_us
+from loyalty_ledger.ledger import offers as offer_store
+from loyalty_ledger.ledger import rewarding
 from loyalty_ledger.ledger.engine import SchemeSpec, Tx
 from loyalty_ledger.ledger.ids import new_id
 from loyalty_ledger.ledger.paging import page_size
+from loyalty_ledger.ledger.reads import Reader
 from loyalty_ledger.ledger.records import RefundHandling, SchemeRecord
 from loyalty_ledger.ledger.service import Ledger
 
 Ctx: TypeAlias = grpc.aio.ServicerContext  # type: ignore[type-arg]
+
+OFFER_UPDATABLE_PATHS = frozenset(
+    {
+        "name",
+        "rule",
+        "conditions",
+        "asset",
+        "spend_method",
+        "exclusive",
+        "wallet_caps",
+        "budget",
+        "expiry_policy",
+        "activation_delay",
+        "sponsor_id",
+        "spend_conditions",
+    }
+)
 
 UPDATABLE_PATHS = frozenset(
     {
@@ -113,9 +144,14 @@ def merged_scheme(
     return merged
 
 
+# An event may be stamped a little ahead of the server's clock (the till's clock drifts).
+EVENT_CLOCK_SKEW_US = 5 * 60 * 1_000_000
+
+
 class OfferServicer(offer_pb2_grpc.OfferServiceServicer):
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Ledger, *, event_age_max_us: int = 30 * 86_400_000_000) -> None:
         self.ledger = ledger
+        self.event_age_max_us = event_age_max_us
 
     @rpc_errors
     async def CreateScheme(
@@ -184,3 +220,257 @@ class OfferServicer(offer_pb2_grpc.OfferServiceServicer):
         return await mutate(
             self.ledger, "UpdateScheme", request, offer_pb2.UpdateSchemeResponse, op
         )
+
+    # -- offers ------------------------------------------------------------------------------
+
+    async def _valid_offer(self, tx: Tx, offer: rewards_pb2.Offer, path: str = "offer") -> str:
+        """Validate an offer against its scheme; return its stored definition."""
+        scheme = await tx.get_scheme(offer.scheme_id)
+        checks = Checks()
+        offer_rules.validated(checks, offer, scheme, path)
+        checks.done()
+        return definition_json(offer)
+
+    @rpc_errors
+    async def CreateOffer(
+        self, request: offer_pb2.CreateOfferRequest, context: Ctx
+    ) -> offer_pb2.CreateOfferResponse:
+        checks = Checks()
+        checks.request_id(request.request_id)
+        checks.resource_id("offer.scheme_id", request.offer.scheme_id)
+        checks.done()
+
+        async def op(tx: Tx) -> offer_pb2.CreateOfferResponse:
+            definition = await self._valid_offer(tx, request.offer)
+            budget = request.offer.budget if request.offer.HasField("budget") else None
+            record = await offer_store.create_offer(
+                tx.conn, request.offer.scheme_id, definition, budget, tx.now_us
+            )
+            return offer_pb2.CreateOfferResponse(offer=offer_to_proto(record))
+
+        return await mutate(self.ledger, "CreateOffer", request, offer_pb2.CreateOfferResponse, op)
+
+    @rpc_errors
+    async def GetOffer(
+        self, request: offer_pb2.GetOfferRequest, context: Ctx
+    ) -> offer_pb2.GetOfferResponse:
+        checks = Checks()
+        checks.resource_id("offer_id", request.offer_id)
+        checks.done()
+        record = await self.ledger.read(lambda r: offer_store.find_offer(r.conn, request.offer_id))
+        return offer_pb2.GetOfferResponse(offer=offer_to_proto(record))
+
+    @rpc_errors
+    async def ListOffers(
+        self, request: offer_pb2.ListOffersRequest, context: Ctx
+    ) -> offer_pb2.ListOffersResponse:
+        checks = Checks()
+        checks.resource_id("scheme_id", request.scheme_id)
+        status = None
+        if request.status:
+            status = STATUS_FROM_PROTO.get(request.status)
+            if status is None:
+                checks.fail("status", "unknown value")
+        checks.done()
+        size = page_size(request.page_size)
+
+        async def read(r: Reader) -> offer_pb2.ListOffersResponse:
+            await r.get_scheme(request.scheme_id)
+            page = await offer_store.list_offers(
+                r.conn, request.scheme_id, status, size, request.page_token
+            )
+            return offer_pb2.ListOffersResponse(
+                offers=[offer_to_proto(o) for o in page.items], next_page_token=page.next_token
+            )
+
+        return await self.ledger.read(read)
+
+    @rpc_errors
+    async def UpdateOffer(
+        self, request: offer_pb2.UpdateOfferRequest, context: Ctx
+    ) -> offer_pb2.UpdateOfferResponse:
+        checks = Checks()
+        checks.request_id(request.request_id)
+        checks.resource_id("offer.offer_id", request.offer.offer_id)
+        checks.text("reason", request.reason, max_chars=limits.REASON_CHARS_MAX)
+        paths = set(request.update_mask.paths)
+        if not paths:
+            checks.fail("update_mask", "name the fields to update")
+        for path in sorted(paths - OFFER_UPDATABLE_PATHS):
+            checks.fail("update_mask", f"{path!r} cannot be updated")
+        checks.done()
+
+        async def op(tx: Tx) -> offer_pb2.UpdateOfferResponse:
+            current = await offer_store.find_offer(tx.conn, request.offer.offer_id, lock=True)
+            merged = offer_to_proto(current)
+            _take_fields(merged, request.offer, paths)
+            definition = await self._valid_offer(tx, merged)
+            budget = merged.budget if merged.HasField("budget") else None
+            record = await offer_store.update_offer(
+                tx.conn, current.id, definition, budget, request.reason, tx.now_us
+            )
+            return offer_pb2.UpdateOfferResponse(offer=offer_to_proto(record))
+
+        return await mutate(self.ledger, "UpdateOffer", request, offer_pb2.UpdateOfferResponse, op)
+
+    @rpc_errors
+    async def CopyOffer(
+        self, request: offer_pb2.CopyOfferRequest, context: Ctx
+    ) -> offer_pb2.CopyOfferResponse:
+        checks = Checks()
+        checks.request_id(request.request_id)
+        checks.resource_id("offer_id", request.offer_id)
+        checks.text("name", request.name, max_chars=limits.NAME_CHARS_MAX)
+        checks.done()
+
+        async def op(tx: Tx) -> offer_pb2.CopyOfferResponse:
+            source = await offer_store.find_offer(tx.conn, request.offer_id)
+            copy = offer_to_proto(source)
+            if request.name:
+                copy.name = request.name
+            definition = await self._valid_offer(tx, copy)
+            budget = copy.budget if copy.HasField("budget") else None
+            record = await offer_store.create_offer(
+                tx.conn,
+                source.scheme_id,
+                definition,
+                budget,
+                tx.now_us,
+                copied_from_offer_id=source.id,
+            )
+            return offer_pb2.CopyOfferResponse(offer=offer_to_proto(record))
+
+        return await mutate(self.ledger, "CopyOffer", request, offer_pb2.CopyOfferResponse, op)
+
+    @rpc_errors
+    async def SetOfferStatus(
+        self, request: offer_pb2.SetOfferStatusRequest, context: Ctx
+    ) -> offer_pb2.SetOfferStatusResponse:
+        checks = Checks()
+        checks.request_id(request.request_id)
+        checks.resource_id("offer_id", request.offer_id)
+        checks.text("reason", request.reason, max_chars=limits.REASON_CHARS_MAX)
+        target = STATUS_FROM_PROTO.get(request.status)
+        if target is None:
+            checks.fail("status", "must be ACTIVE, PAUSED or ENDED")
+        checks.done()
+        assert target is not None
+
+        async def op(tx: Tx) -> offer_pb2.SetOfferStatusResponse:
+            record = await offer_store.set_status(
+                tx.conn, request.offer_id, target, request.reason, tx.now_us
+            )
+            return offer_pb2.SetOfferStatusResponse(offer=offer_to_proto(record))
+
+        return await mutate(
+            self.ledger, "SetOfferStatus", request, offer_pb2.SetOfferStatusResponse, op
+        )
+
+    @rpc_errors
+    async def ListOfferChanges(
+        self, request: offer_pb2.ListOfferChangesRequest, context: Ctx
+    ) -> offer_pb2.ListOfferChangesResponse:
+        checks = Checks()
+        checks.resource_id("offer_id", request.offer_id)
+        checks.done()
+        size = page_size(request.page_size)
+
+        async def read(r: Reader) -> offer_pb2.ListOfferChangesResponse:
+            offer = await offer_store.find_offer(r.conn, request.offer_id)
+            page = await offer_store.list_changes(r.conn, offer.id, size, request.page_token)
+            return offer_pb2.ListOfferChangesResponse(
+                changes=[change_to_proto(c, offer.scheme_id) for c in page.items],
+                next_page_token=page.next_token,
+            )
+
+        return await self.ledger.read(read)
+
+    # -- customer events --------------------------------------------------------------------
+
+    def _event(
+        self, request_id: str | None, wallet_id: str, event: rewards_pb2.CustomerEvent
+    ) -> rewards.CustomerEvent:
+        checks = Checks()
+        if request_id is not None:
+            checks.request_id(request_id)
+        checks.resource_id("wallet_id", wallet_id)
+        found = offer_rules.customer_event(checks, event, "event")
+        checks.done()
+        assert found is not None
+        now_us = self.ledger.clock.now_us()
+        occurred_us = to_us(found.occurred_at)
+        if occurred_us > now_us + EVENT_CLOCK_SKEW_US:
+            raise InvalidArgument.single("event.occur_time", "is in the future")
+        if occurred_us < now_us - self.event_age_max_us:
+            raise FailedPrecondition(
+                f"the event is older than {self.event_age_max_us // 3_600_000_000} hours",
+                reason="EVENT_TOO_OLD",
+                max_age_hours=str(self.event_age_max_us // 3_600_000_000),
+            )
+        return found
+
+    @rpc_errors
+    async def SubmitEvent(
+        self, request: offer_pb2.SubmitEventRequest, context: Ctx
+    ) -> offer_pb2.SubmitEventResponse:
+        event = self._event(request.request_id, request.wallet_id, request.event)
+
+        async def op(tx: Tx) -> offer_pb2.SubmitEventResponse:
+            posted = await rewarding.submit_event(
+                tx, request.wallet_id, event, request.event.reference, _decode
+            )
+            return offer_pb2.SubmitEventResponse(
+                awards=[_award_to_proto(p) for p in posted],
+                instant_discount=sum(p.award.amount for p in posted if p.award.instant),
+            )
+
+        return await mutate(self.ledger, "SubmitEvent", request, offer_pb2.SubmitEventResponse, op)
+
+    @rpc_errors
+    async def EvaluateEvent(
+        self, request: offer_pb2.EvaluateEventRequest, context: Ctx
+    ) -> offer_pb2.EvaluateEventResponse:
+        event = self._event(None, request.wallet_id, request.event)
+        posted = await self.ledger.read(
+            lambda r: rewarding.evaluate_event(r, request.wallet_id, event, _decode)
+        )
+        return offer_pb2.EvaluateEventResponse(
+            awards=[_award_to_proto(p) for p in posted],
+            instant_discount=sum(p.award.amount for p in posted if p.award.instant),
+        )
+
+
+def _decode(
+    record: offer_store.OfferRecord,
+) -> tuple[rewards.Offer, rewarding.AwardSettings]:
+    return offer_rules.domain_offer(record.id, definition_proto(record.definition))
+
+
+def _award_to_proto(posted: rewarding.PostedAward) -> rewards_pb2.OfferAward:
+    award = posted.award
+    return rewards_pb2.OfferAward(
+        offer_id=award.offer_id,
+        asset=award.asset,
+        amount=award.amount,
+        spend_method=rewards_pb2.SPEND_METHOD_INSTANT
+        if award.instant
+        else rewards_pb2.SPEND_METHOD_ON_ACCOUNT,
+        explanation=award.explanation,
+        transaction_id=posted.transaction_id,
+        lot_id=posted.lot_id,
+    )
+
+
+def _take_fields(target: Message, source: Message, paths: set[str]) -> None:
+    """Copy the top-level fields named by an update mask from `source` to `target`; a field with
+    presence that `source` leaves unset is cleared (e.g. removing a budget)."""
+    for path in paths:
+        field = source.DESCRIPTOR.fields_by_name[path]
+        target.ClearField(path)  # type: ignore[arg-type]
+        if field.is_repeated:
+            getattr(target, path).extend(getattr(source, path))
+        elif field.message_type is not None:
+            if source.HasField(path):
+                getattr(target, path).CopyFrom(getattr(source, path))
+        elif not field.has_presence or source.HasField(path):
+            setattr(target, path, getattr(source, path))

@@ -97,17 +97,21 @@ def merchant_account(scheme_id: str, merchant_id: str) -> str:
     return f"merchant:{scheme_id}:{merchant_id}"
 
 
+def sponsor_account(scheme_id: str, sponsor_id: str | None) -> str:
+    return f"sponsor:{scheme_id}:{sponsor_id}"
+
+
 def funding_account(lot: LotRecord) -> str:
     """Where a lot's value came from, and where it goes back to on reversal."""
     if lot.funding is Funding.PROMOTIONAL:
-        return f"sponsor:{lot.scheme_id}:{lot.sponsor_id}"
+        return sponsor_account(lot.scheme_id, lot.sponsor_id)
     return f"cash:{lot.scheme_id}"
 
 
 def expiry_account(lot: LotRecord) -> str:
     """Rule 7: expired promotional value returns to its sponsor; expired cash is breakage."""
     if lot.funding is Funding.PROMOTIONAL:
-        return f"sponsor:{lot.scheme_id}:{lot.sponsor_id}"
+        return sponsor_account(lot.scheme_id, lot.sponsor_id)
     return f"breakage:{lot.scheme_id}"
 
 
@@ -648,6 +652,44 @@ class PostingTx(Reader):
         lot.source_transaction_id = txn.id
         await self._insert_lot(lot)
         return txn, lot
+
+    async def lock_active_wallet(self, wallet_id: str) -> WalletRecord:
+        """Lock a wallet for a write that needs it ACTIVE (not frozen, not closed)."""
+        wallet = await self._lock_wallet(wallet_id)
+        self._require_active(wallet)
+        return wallet
+
+    async def instant_discount(
+        self,
+        wallet: WalletRecord,
+        asset: str,
+        amount: int,
+        *,
+        sponsor_id: str,
+        merchant_id: str,
+        reference: str,
+        metadata: dict[str, str],
+    ) -> TransactionRecord:
+        """An INSTANT offer award: awarded and spent at once, in one AWARD entry. The sponsor
+        pays the merchant through the wallet, whose balance does not change (no lot)."""
+        journal = _Journal(
+            TxType.AWARD,
+            wallet.scheme_id,
+            wallet.id,
+            merchant_id=merchant_id or None,
+            reference=reference,
+            metadata=metadata,
+        )
+        journal.move(
+            sponsor_account(wallet.scheme_id, sponsor_id), wallet_account(wallet.id), asset, amount
+        )
+        journal.move(
+            wallet_account(wallet.id),
+            merchant_account(wallet.scheme_id, merchant_id or OPERATOR_SPONSOR),
+            asset,
+            amount,
+        )
+        return await self._record(journal)
 
     def _credit_expiry(
         self, scheme: SchemeRecord, cmd: CreditCommand, base_us: int

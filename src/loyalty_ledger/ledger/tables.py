@@ -283,3 +283,52 @@ job_leases = Table(
     Column("fencing_token", BigInteger, nullable=False),
     Column("expires_at_us", Us, nullable=False),
 )
+
+# Offers. The definition (rule, conditions, award settings) is the API's JSON form of the
+# offer, opaque to the ledger; the columns beside it are what the ledger itself needs.
+offers = Table(
+    "offers",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("scheme_id", Id, ForeignKey("schemes.id"), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("definition", Text, nullable=False),
+    Column("budget", Amount, nullable=True),
+    Column("budget_used", Amount, nullable=False, server_default="0"),
+    Column("version", BigInteger, nullable=False),
+    Column("copied_from_offer_id", Id, nullable=True),
+    Column("created_at_us", Us, nullable=False),
+    Column("updated_at_us", Us, nullable=False),
+    # A budget is never overshot, whatever the code does.
+    CheckConstraint(
+        "budget_used >= 0 AND (budget IS NULL OR budget_used <= budget)", name="within_budget"
+    ),
+    Index(None, "scheme_id", "created_at_us", "id"),
+    Index(None, "scheme_id", "status"),
+)
+
+# The audit trail: every change of an offer, with the offer as it was after it.
+offer_changes = Table(
+    "offer_changes",
+    metadata,
+    Column("offer_id", Id, ForeignKey("offers.id"), primary_key=True),
+    Column("version", BigInteger, primary_key=True),
+    Column("action", String(16), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("reason", String(500), nullable=False, server_default=""),
+    Column("snapshot", Text, nullable=False),
+    Column("created_at_us", Us, nullable=False),
+)
+
+# What an offer has given a wallet per cap window ("DAY" 2026-11-23, "MONTH" 2026-11,
+# "LIFETIME" ""), and how many qualifying purchases it has seen ("QUALIFYING" "").
+offer_usage = Table(
+    "offer_usage",
+    metadata,
+    Column("offer_id", Id, ForeignKey("offers.id"), primary_key=True),
+    Column("wallet_id", Id, ForeignKey("wallets.id"), primary_key=True),
+    Column("cap_window", String(16), primary_key=True),
+    Column("period_key", String(16), primary_key=True),
+    Column("award_count", BigInteger, nullable=False),
+    Column("award_amount", Amount, nullable=False),
+)

@@ -1,0 +1,518 @@
+"""Offers and customer events through the real server (both backends).
+
+Expected values are worked out here from each scenario's description, not copied from output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+import grpc
+from google.protobuf.field_mask_pb2 import FieldMask
+from loyalty.v1 import common_pb2, offer_pb2, rewards_pb2, wallet_pb2
+
+from loyalty_ledger.clock import TestClock
+from tests.helpers import (
+    balance,
+    field_violations,
+    make_scheme,
+    make_wallet,
+    rid,
+    rpc_error,
+    spend,
+    ts,
+)
+
+ACCESSORY = "Accessory"
+
+
+def purchase(clock: TestClock, amount: int, **fields: Any) -> rewards_pb2.CustomerEvent:
+    return rewards_pb2.CustomerEvent(
+        type=rewards_pb2.CUSTOMER_EVENT_TYPE_PURCHASE,
+        occur_time=ts(clock.now()),
+        merchant_id=fields.pop("merchant_id", "shop-1"),
+        amount=amount,
+        currency=fields.pop("currency", "EUR"),
+        **fields,
+    )
+
+
+async def make_offer(offers: Any, **fields: Any) -> rewards_pb2.Offer:
+    offer = rewards_pb2.Offer(
+        scheme_id=fields.pop("scheme_id", "acme"),
+        name=fields.pop("name", "An offer"),
+        asset=fields.pop("asset", "EUR"),
+        **fields,
+    )
+    created = await offers.CreateOffer(
+        offer_pb2.CreateOfferRequest(request_id=rid("offer"), offer=offer)
+    )
+    return created.offer
+
+
+async def activate(offers: Any, offer_id: str) -> rewards_pb2.Offer:
+    response = await offers.SetOfferStatus(
+        offer_pb2.SetOfferStatusRequest(
+            request_id=rid("status"), offer_id=offer_id, status=rewards_pb2.OFFER_STATUS_ACTIVE
+        )
+    )
+    return response.offer
+
+
+async def live_offer(offers: Any, **fields: Any) -> rewards_pb2.Offer:
+    offer = await make_offer(offers, **fields)
+    return await activate(offers, offer.offer_id)
+
+
+async def submit(
+    offers: Any, wallet_id: str, event: rewards_pb2.CustomerEvent, request_id: str | None = None
+) -> offer_pb2.SubmitEventResponse:
+    return await offers.SubmitEvent(
+        offer_pb2.SubmitEventRequest(
+            request_id=request_id or rid("event"), wallet_id=wallet_id, event=event
+        )
+    )
+
+
+def down(amount: int, basis_points: int) -> int:
+    """Round-down percentage, the scenario's stated rounding."""
+    return amount * basis_points // 10_000
+
+
+# -- life cycle and audit trail ---------------------------------------------------------------
+
+
+async def test_offer_life_cycle_with_audit_trail(offers, wallets) -> None:
+    await make_scheme(offers)
+    created = await make_offer(
+        offers, rule=rewards_pb2.AwardRule(fixed_amount=rewards_pb2.FixedAmount(amount=500))
+    )
+    assert created.status == rewards_pb2.OFFER_STATUS_DRAFT
+    assert created.offer_id.startswith("off_") and created.budget_used == 0
+    got = await offers.GetOffer(offer_pb2.GetOfferRequest(offer_id=created.offer_id))
+    assert got.offer == created
+
+    async def status(target: int, reason: str = "") -> rewards_pb2.Offer:
+        response = await offers.SetOfferStatus(
+            offer_pb2.SetOfferStatusRequest(
+                request_id=rid("st"), offer_id=created.offer_id, status=target, reason=reason
+            )
+        )
+        return response.offer
+
+    async def rename(name: str) -> Any:
+        return offers.UpdateOffer(
+            offer_pb2.UpdateOfferRequest(
+                request_id=rid("upd"),
+                offer=rewards_pb2.Offer(offer_id=created.offer_id, name=name),
+                update_mask=FieldMask(paths=["name"]),
+                reason=f"call it {name}",
+            )
+        )
+
+    renamed = (await (await rename("Draft name"))).offer
+    assert renamed.name == "Draft name" and renamed.rule == created.rule
+    assert (await status(rewards_pb2.OFFER_STATUS_ACTIVE, "launch")).status == (
+        rewards_pb2.OFFER_STATUS_ACTIVE
+    )
+    await rpc_error(
+        await rename("Live edit"), grpc.StatusCode.FAILED_PRECONDITION, "OFFER_NOT_EDITABLE"
+    )
+    await status(rewards_pb2.OFFER_STATUS_PAUSED)
+    assert (await (await rename("Paused edit"))).offer.name == "Paused edit"
+    await status(rewards_pb2.OFFER_STATUS_ENDED, "season over")
+    await rpc_error(
+        status(rewards_pb2.OFFER_STATUS_ACTIVE),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "INVALID_OFFER_TRANSITION",
+    )
+    await rpc_error(
+        await rename("After the end"), grpc.StatusCode.FAILED_PRECONDITION, "OFFER_NOT_EDITABLE"
+    )
+    changes = (
+        await offers.ListOfferChanges(
+            offer_pb2.ListOfferChangesRequest(offer_id=created.offer_id, page_size=2)
+        )
+    ).changes
+    assert [(c.version, c.action) for c in changes] == [(1, "CREATE"), (2, "UPDATE")]
+    rest = await offers.ListOfferChanges(
+        offer_pb2.ListOfferChangesRequest(
+            offer_id=created.offer_id,
+            page_token=(
+                await offers.ListOfferChanges(
+                    offer_pb2.ListOfferChangesRequest(offer_id=created.offer_id, page_size=2)
+                )
+            ).next_page_token,
+        )
+    )
+    trail = [(c.action, c.status, c.offer.name, c.reason) for c in rest.changes]
+    assert trail == [
+        ("STATUS", rewards_pb2.OFFER_STATUS_ACTIVE, "Draft name", "launch"),
+        ("STATUS", rewards_pb2.OFFER_STATUS_PAUSED, "Draft name", ""),
+        ("UPDATE", rewards_pb2.OFFER_STATUS_PAUSED, "Paused edit", "call it Paused edit"),
+        ("STATUS", rewards_pb2.OFFER_STATUS_ENDED, "Paused edit", "season over"),
+    ]
+    copy = (
+        await offers.CopyOffer(
+            offer_pb2.CopyOfferRequest(request_id=rid("copy"), offer_id=created.offer_id)
+        )
+    ).offer
+    assert copy.offer_id != created.offer_id and copy.status == rewards_pb2.OFFER_STATUS_DRAFT
+    assert copy.copied_from_offer_id == created.offer_id and copy.name == "Paused edit"
+    listed = await offers.ListOffers(
+        offer_pb2.ListOffersRequest(scheme_id="acme", status=rewards_pb2.OFFER_STATUS_DRAFT)
+    )
+    assert [o.offer_id for o in listed.offers] == [copy.offer_id]
+
+
+async def test_bad_offers_name_each_bad_field(offers) -> None:
+    await make_scheme(offers)
+    bad = rewards_pb2.Offer(
+        scheme_id="acme",
+        name="",
+        asset="GOLD",
+        rule=rewards_pb2.AwardRule(
+            per_product=rewards_pb2.PerProduct(basis_points=1000, fixed_per_unit=5)
+        ),
+        wallet_caps=[rewards_pb2.WalletCap(window=rewards_pb2.CAP_WINDOW_DAY)],
+        conditions=rewards_pb2.OfferConditions(
+            days_of_week=[0],
+            hours=rewards_pb2.HoursOfDay(start_hour=9, end_hour=9),
+            seasons=[rewards_pb2.Season(start_month=2, start_day=30, end_month=3, end_day=1)],
+            attributes=[
+                rewards_pb2.AttributeCondition(
+                    key="tier", operator=rewards_pb2.ATTRIBUTE_OPERATOR_GTE, value="gold"
+                )
+            ],
+        ),
+    )
+    error = await rpc_error(
+        offers.CreateOffer(offer_pb2.CreateOfferRequest(request_id=rid(), offer=bad)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    fields = field_violations(error)
+    for path in (
+        "offer.name",
+        "offer.asset",
+        "offer.rule.per_product.match",
+        "offer.rule.per_product",
+        "offer.wallet_caps[0]",
+        "offer.conditions.days_of_week[0]",
+        "offer.conditions.hours",
+        "offer.conditions.seasons[0].start_day",
+        "offer.conditions.currency",
+        "offer.conditions.attributes[0].value",
+    ):
+        assert path in fields, (path, fields)
+    instant_in_points = rewards_pb2.Offer(
+        scheme_id="acme",
+        name="Instant points",
+        asset="POINTS",
+        spend_method=rewards_pb2.SPEND_METHOD_INSTANT,
+        rule=rewards_pb2.AwardRule(fixed_amount=rewards_pb2.FixedAmount(amount=5)),
+    )
+    error = await rpc_error(
+        offers.CreateOffer(offer_pb2.CreateOfferRequest(request_id=rid(), offer=instant_in_points)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert "offer.asset" in field_violations(error)
+    await rpc_error(
+        offers.GetOffer(offer_pb2.GetOfferRequest(offer_id="off_missing")),
+        grpc.StatusCode.NOT_FOUND,
+    )
+
+
+# -- the issue's scenarios --------------------------------------------------------------------
+
+
+async def test_ten_percent_instant_discount_on_each_accessory(offers, wallets, clock) -> None:
+    await make_scheme(offers)
+    wallet = await make_wallet(wallets)
+    offer = await live_offer(
+        offers,
+        name="10% off accessories",
+        spend_method=rewards_pb2.SPEND_METHOD_INSTANT,
+        rule=rewards_pb2.AwardRule(
+            per_product=rewards_pb2.PerProduct(
+                match=rewards_pb2.ProductMatch(product_types=[ACCESSORY]), basis_points=1000
+            )
+        ),
+        conditions=rewards_pb2.OfferConditions(currency="EUR"),
+    )
+    basket = [
+        ("case", ACCESSORY, 2, 1999),
+        ("phone", "Phone", 1, 69900),
+        ("cable", ACCESSORY, 3, 995),
+    ]
+    items = [
+        rewards_pb2.EventItem(product_id=p, product_type=k, quantity=q, unit_price=u)
+        for p, k, q, u in basket
+    ]
+    total = sum(q * u for _, _, q, u in basket)
+    expected = sum(down(q * u, 1000) for _, k, q, u in basket if k == ACCESSORY)
+    response = await submit(offers, wallet.wallet_id, purchase(clock, total, items=items))
+    (award,) = response.awards
+    assert (award.offer_id, award.amount, award.spend_method) == (
+        offer.offer_id,
+        expected,
+        rewards_pb2.SPEND_METHOD_INSTANT,
+    )
+    assert response.instant_discount == expected
+    assert (await balance(wallets, wallet.wallet_id, "EUR")).available == 0
+    txn = (
+        await wallets.GetTransaction(
+            wallet_pb2.GetTransactionRequest(transaction_id=award.transaction_id)
+        )
+    ).transaction
+    legs = {(p.account, p.amount) for p in txn.postings}
+    assert ("sponsor:acme:shop-1", -expected) in legs
+    assert ("merchant:acme:shop-1", expected) in legs
+    assert sum(p.amount for p in txn.postings) == 0
+
+
+async def test_ten_euro_off_a_hardware_purchase(offers, wallets, clock) -> None:
+    await make_scheme(offers)
+    wallet = await make_wallet(wallets)
+    minimum = 5000
+    await live_offer(
+        offers,
+        name="10 EUR off hardware",
+        spend_method=rewards_pb2.SPEND_METHOD_INSTANT,
+        rule=rewards_pb2.AwardRule(
+            fixed_amount=rewards_pb2.FixedAmount(amount=1000, min_spend=minimum)
+        ),
+        conditions=rewards_pb2.OfferConditions(currency="EUR", merchant_ids=["hardware-store"]),
+    )
+    at_store = await submit(
+        offers, wallet.wallet_id, purchase(clock, 12900, merchant_id="hardware-store")
+    )
+    assert at_store.instant_discount == 1000
+    too_small = await submit(
+        offers, wallet.wallet_id, purchase(clock, minimum - 1, merchant_id="hardware-store")
+    )
+    elsewhere = await submit(offers, wallet.wallet_id, purchase(clock, 12900, merchant_id="deli"))
+    assert not too_small.awards and not elsewhere.awards
+
+
+async def test_five_euro_after_a_year_of_uninterrupted_subscription(offers, wallets, clock) -> None:
+    await make_scheme(offers)
+    wallet = await make_wallet(wallets)
+    await live_offer(
+        offers,
+        name="Loyal subscriber",
+        rule=rewards_pb2.AwardRule(fixed_amount=rewards_pb2.FixedAmount(amount=500)),
+        conditions=rewards_pb2.OfferConditions(
+            event_types=[rewards_pb2.CUSTOMER_EVENT_TYPE_CUSTOM],
+            custom_event_name="subscription_renewed",
+            attributes=[
+                rewards_pb2.AttributeCondition(
+                    key="uninterrupted_months",
+                    operator=rewards_pb2.ATTRIBUTE_OPERATOR_GTE,
+                    value="12",
+                )
+            ],
+        ),
+    )
+
+    def renewal(**attributes: str) -> rewards_pb2.CustomerEvent:
+        return rewards_pb2.CustomerEvent(
+            type=rewards_pb2.CUSTOMER_EVENT_TYPE_CUSTOM,
+            custom_name="subscription_renewed",
+            occur_time=ts(clock.now()),
+            attributes=attributes,
+        )
+
+    for attributes in ({"uninterrupted_months": "11"}, {}, {"uninterrupted_months": "a year"}):
+        assert not (await submit(offers, wallet.wallet_id, renewal(**attributes))).awards
+    (award,) = (await submit(offers, wallet.wallet_id, renewal(uninterrupted_months="14"))).awards
+    assert award.amount == 500 and award.lot_id
+    assert (await balance(wallets, wallet.wallet_id, "EUR")).available == 500
+
+
+async def test_five_points_per_ten_euro_then_a_thousand_points_spent(
+    offers, wallets, clock
+) -> None:
+    await make_scheme(offers)
+    wallet = await make_wallet(wallets)
+    await live_offer(
+        offers,
+        name="5 points per 10 EUR",
+        asset="POINTS",
+        rule=rewards_pb2.AwardRule(
+            points_per_spend=rewards_pb2.PointsPerSpend(points=5, per_amount=1000)
+        ),
+        conditions=rewards_pb2.OfferConditions(currency="EUR"),
+    )
+    baskets = [19999, 125050, 80000, 9999, 1_000_000]
+    earned = 0
+    for amount in baskets:
+        response = await submit(offers, wallet.wallet_id, purchase(clock, amount))
+        expected = amount // 1000 * 5
+        assert sum(a.amount for a in response.awards) == expected
+        earned += expected
+    assert (await balance(wallets, wallet.wallet_id)).available == earned >= 1000
+    await spend(wallets, wallet.wallet_id, 1000, merchant_id="shop-1")
+    assert (await balance(wallets, wallet.wallet_id)).available == earned - 1000
+
+
+async def test_two_percent_cash_back_valid_six_months(offers, wallets, clock) -> None:
+    await make_scheme(offers)
+    wallet = await make_wallet(wallets)
+    await live_offer(
+        offers,
+        name="2% cash back",
+        rule=rewards_pb2.AwardRule(
+            percent_of_amount=rewards_pb2.PercentOfAmount(
+                basis_points=200, rounding=rewards_pb2.ROUNDING_HALF_UP
+            )
+        ),
+        conditions=rewards_pb2.OfferConditions(currency="EUR"),
+        expiry_policy=common_pb2.ExpiryPolicy(
+            after=common_pb2.ExpireAfter(count=6, unit=common_pb2.DURATION_UNIT_MONTHS)
+        ),
+    )
+    amount = 12575  # 2 % is 251.5 cents: half up gives 252
+    (award,) = (await submit(offers, wallet.wallet_id, purchase(clock, amount))).awards
+    assert award.amount == (amount * 200 + 5_000) // 10_000 == 252
+    lots = (await wallets.ListLots(wallet_pb2.ListLotsRequest(wallet_id=wallet.wallet_id))).lots
+    (lot,) = lots
+    # 15 Jan 2026 13:00 Amsterdam + 6 calendar months = 15 Jul 2026 13:00 Amsterdam (summer time).
+    assert lot.expire_time.ToDatetime().isoformat() == "2026-07-15T11:00:00"
+    assert lot.sponsor_id == "shop-1"
+
+
+async def test_a_budget_of_100_eur_is_never_overshot_by_50_concurrent_events(
+    offers, wallets, clock
+) -> None:
+    await make_scheme(offers)
+    budget, per_event = 10_000, 300
+    offer = await live_offer(
+        offers,
+        name="3 EUR welcome, 100 EUR in all",
+        rule=rewards_pb2.AwardRule(fixed_amount=rewards_pb2.FixedAmount(amount=per_event)),
+        budget=budget,
+    )
+    customers = [await make_wallet(wallets) for _ in range(10)]
+    events = [submit(offers, customers[i % 10].wallet_id, purchase(clock, 5000)) for i in range(50)]
+    responses = await asyncio.gather(*events)
+    awarded = [a.amount for r in responses for a in r.awards]
+    assert sum(awarded) == budget  # 50 x 3 EUR would be 150 EUR
+    assert sorted(set(awarded)) == sorted({per_event, budget % per_event} - {0})
+    assert len(awarded) == -(-budget // per_event)
+    after = (await offers.GetOffer(offer_pb2.GetOfferRequest(offer_id=offer.offer_id))).offer
+    assert after.budget_used == budget
+    total = 0
+    for customer in customers:
+        total += (await balance(wallets, customer.wallet_id, "EUR")).available
+    assert total == budget
+
+
+# -- evaluation rules through the API ---------------------------------------------------------
+
+
+async def test_evaluate_is_a_dry_run_and_submit_is_idempotent(offers, wallets, clock) -> None:
+    await make_scheme(offers)
+    wallet = await make_wallet(wallets)
+    offer = await live_offer(
+        offers,
+        rule=rewards_pb2.AwardRule(fixed_amount=rewards_pb2.FixedAmount(amount=700)),
+        budget=1000,
+    )
+    event = purchase(clock, 2000)
+    dry = await offers.EvaluateEvent(
+        offer_pb2.EvaluateEventRequest(wallet_id=wallet.wallet_id, event=event)
+    )
+    assert [(a.amount, a.transaction_id) for a in dry.awards] == [(700, "")]
+    assert (await balance(wallets, wallet.wallet_id, "EUR")).available == 0
+    first = await submit(offers, wallet.wallet_id, event, request_id="pos-order-1")
+    again = await submit(offers, wallet.wallet_id, event, request_id="pos-order-1")
+    assert again == first and first.awards[0].amount == 700
+    assert (await balance(wallets, wallet.wallet_id, "EUR")).available == 700
+    # The dry run now sees the budget that is left.
+    dry = await offers.EvaluateEvent(
+        offer_pb2.EvaluateEventRequest(wallet_id=wallet.wallet_id, event=event)
+    )
+    assert [a.amount for a in dry.awards] == [300]
+    await rpc_error(
+        submit(offers, wallet.wallet_id, purchase(clock, 2001), request_id="pos-order-1"),
+        grpc.StatusCode.ALREADY_EXISTS,
+        "IDEMPOTENCY_KEY_REUSED",
+    )
+    used = (await offers.GetOffer(offer_pb2.GetOfferRequest(offer_id=offer.offer_id))).offer
+    assert used.budget_used == 700
+
+
+async def test_exclusive_offers_give_only_the_best_and_others_stack(offers, wallets, clock) -> None:
+    await make_scheme(offers)
+    wallet = await make_wallet(wallets)
+
+    async def fixed(amount: int, exclusive: bool) -> str:
+        offer = await live_offer(
+            offers,
+            rule=rewards_pb2.AwardRule(fixed_amount=rewards_pb2.FixedAmount(amount=amount)),
+            exclusive=exclusive,
+        )
+        return offer.offer_id
+
+    small, big, tied = await fixed(100, True), await fixed(400, True), await fixed(400, True)
+    stacking = await fixed(50, False)
+    response = await submit(offers, wallet.wallet_id, purchase(clock, 1000))
+    assert small not in {a.offer_id for a in response.awards}
+    assert sorted((a.offer_id, a.amount) for a in response.awards) == sorted(
+        [(min(big, tied), 400), (stacking, 50)]
+    )
+
+
+async def test_a_daily_cap_resets_the_next_local_day(offers, wallets, clock) -> None:
+    await make_scheme(offers)
+    wallet = await make_wallet(wallets)
+    await live_offer(
+        offers,
+        rule=rewards_pb2.AwardRule(fixed_amount=rewards_pb2.FixedAmount(amount=100)),
+        wallet_caps=[rewards_pb2.WalletCap(window=rewards_pb2.CAP_WINDOW_DAY, max_count=2)],
+    )
+
+    async def awarded() -> int:
+        response = await submit(offers, wallet.wallet_id, purchase(clock, 1000))
+        return sum(a.amount for a in response.awards)
+
+    assert [await awarded() for _ in range(3)] == [100, 100, 0]
+    clock.advance(timedelta(days=1))
+    assert await awarded() == 100
+
+
+async def test_paused_offers_award_nothing_and_old_events_are_refused(
+    offers, wallets, clock
+) -> None:
+    await make_scheme(offers)
+    wallet = await make_wallet(wallets)
+    offer = await live_offer(
+        offers, rule=rewards_pb2.AwardRule(fixed_amount=rewards_pb2.FixedAmount(amount=100))
+    )
+    await offers.SetOfferStatus(
+        offer_pb2.SetOfferStatusRequest(
+            request_id=rid(), offer_id=offer.offer_id, status=rewards_pb2.OFFER_STATUS_PAUSED
+        )
+    )
+    assert not (await submit(offers, wallet.wallet_id, purchase(clock, 1000))).awards
+    old = purchase(clock, 1000)
+    old.occur_time.CopyFrom(ts(clock.now() - timedelta(days=31)))
+    await rpc_error(
+        submit(offers, wallet.wallet_id, old), grpc.StatusCode.FAILED_PRECONDITION, "EVENT_TOO_OLD"
+    )
+    future = purchase(clock, 1000)
+    future.occur_time.CopyFrom(ts(clock.now() + timedelta(hours=1)))
+    error = await rpc_error(
+        submit(offers, wallet.wallet_id, future), grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert "event.occur_time" in field_violations(error)
+    await wallets.FreezeWallet(
+        wallet_pb2.FreezeWalletRequest(request_id=rid(), wallet_id=wallet.wallet_id)
+    )
+    await rpc_error(
+        submit(offers, wallet.wallet_id, purchase(clock, 1000)),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "WALLET_FROZEN",
+    )
