@@ -6,12 +6,21 @@ Expected values are worked out here from each scenario's description, not copied
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.field_mask_pb2 import FieldMask
-from loyalty.v1 import common_pb2, offer_pb2, rewards_pb2, wallet_pb2
+from loyalty.v1 import (
+    clock_pb2,
+    clock_pb2_grpc,
+    common_pb2,
+    expiry_pb2,
+    offer_pb2,
+    rewards_pb2,
+    wallet_pb2,
+)
 
 from loyalty_ledger.clock import TestClock
 from tests.helpers import (
@@ -357,8 +366,11 @@ async def test_five_points_per_ten_euro_then_a_thousand_points_spent(
     assert (await balance(wallets, wallet.wallet_id)).available == earned - 1000
 
 
-async def test_two_percent_cash_back_valid_six_months(offers, wallets, clock) -> None:
-    await make_scheme(offers)
+async def test_two_percent_cash_back_valid_six_months_warned_and_expired_on_the_stream(
+    offers, wallets, clock, channel
+) -> None:
+    lead = timedelta(hours=48)
+    await make_scheme(offers, warning_lead_times=[Duration(seconds=int(lead.total_seconds()))])
     wallet = await make_wallet(wallets)
     await live_offer(
         offers,
@@ -373,14 +385,54 @@ async def test_two_percent_cash_back_valid_six_months(offers, wallets, clock) ->
             after=common_pb2.ExpireAfter(count=6, unit=common_pb2.DURATION_UNIT_MONTHS)
         ),
     )
+    stream = wallets.WatchExpirations(
+        expiry_pb2.WatchExpirationsRequest(wallet_ids=[wallet.wallet_id], from_now=True)
+    )
     amount = 12575  # 2 % is 251.5 cents: half up gives 252
     (award,) = (await submit(offers, wallet.wallet_id, purchase(clock, amount))).awards
     assert award.amount == (amount * 200 + 5_000) // 10_000 == 252
-    lots = (await wallets.ListLots(wallet_pb2.ListLotsRequest(wallet_id=wallet.wallet_id))).lots
-    (lot,) = lots
+    (lot,) = (await wallets.ListLots(wallet_pb2.ListLotsRequest(wallet_id=wallet.wallet_id))).lots
     # 15 Jan 2026 13:00 Amsterdam + 6 calendar months = 15 Jul 2026 13:00 Amsterdam (summer time).
-    assert lot.expire_time.ToDatetime().isoformat() == "2026-07-15T11:00:00"
+    expires = lot.expire_time.ToDatetime(tzinfo=UTC)
+    assert expires == datetime(2026, 7, 15, 11, 0, tzinfo=UTC)
     assert lot.sponsor_id == "shop-1"
+
+    test_clock = clock_pb2_grpc.TestClockServiceStub(channel)
+
+    async def advance_to(moment: datetime) -> None:
+        by = moment - clock.now()
+        await test_clock.AdvanceTime(
+            clock_pb2.AdvanceTimeRequest(by=Duration(seconds=int(by.total_seconds())))
+        )
+
+    async def next_event() -> expiry_pb2.ExpirationEvent:
+        while True:
+            message = await asyncio.wait_for(stream.read(), 10)
+            assert message is not grpc.aio.EOF
+            if message.HasField("event"):
+                return message.event
+
+    await advance_to(expires - lead - timedelta(minutes=1))
+    await advance_to(expires - lead + timedelta(minutes=1))
+    warning = await next_event()
+    assert (warning.type, warning.lot_id, warning.amount, warning.lead_time_seconds) == (
+        expiry_pb2.EXPIRATION_EVENT_TYPE_EXPIRING_SOON,
+        lot.lot_id,
+        252,
+        int(lead.total_seconds()),
+    )
+    # Recorded by the run after the second step, not the first (still outside 48 h then).
+    assert warning.create_time.ToDatetime(tzinfo=UTC) >= expires - lead
+    await advance_to(expires)
+    expired = await next_event()
+    stream.cancel()
+    assert (expired.type, expired.lot_id, expired.amount, expired.sponsor_id) == (
+        expiry_pb2.EXPIRATION_EVENT_TYPE_EXPIRED,
+        lot.lot_id,
+        252,
+        "shop-1",
+    )
+    assert (await balance(wallets, wallet.wallet_id, "EUR")).available == 0
 
 
 async def test_a_budget_of_100_eur_is_never_overshot_by_50_concurrent_events(
