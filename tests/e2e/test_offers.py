@@ -568,3 +568,55 @@ async def test_paused_offers_award_nothing_and_old_events_are_refused(
         grpc.StatusCode.FAILED_PRECONDITION,
         "WALLET_FROZEN",
     )
+
+
+async def test_a_batch_gives_a_result_per_event_and_can_be_resent(offers, wallets, clock) -> None:
+    from google.rpc import error_details_pb2, status_pb2
+
+    await make_scheme(offers)
+    active, frozen = await make_wallet(wallets), await make_wallet(wallets)
+    await wallets.FreezeWallet(
+        wallet_pb2.FreezeWalletRequest(request_id=rid(), wallet_id=frozen.wallet_id)
+    )
+    await live_offer(
+        offers, rule=rewards_pb2.AwardRule(fixed_amount=rewards_pb2.FixedAmount(amount=100))
+    )
+    bad_currency = purchase(clock, 1000, currency="eur")
+    batch = offer_pb2.SubmitEventsRequest(
+        events=[
+            offer_pb2.SubmitEventRequest(
+                request_id=f"backfill-{i}", wallet_id=wallet.wallet_id, event=event
+            )
+            for i, (wallet, event) in enumerate(
+                [
+                    (active, purchase(clock, 1000)),
+                    (frozen, purchase(clock, 1000)),
+                    (active, bad_currency),
+                    (active, purchase(clock, 2000)),
+                ]
+            )
+        ]
+    )
+    first = await offers.SubmitEvents(batch)
+    kinds = [r.WhichOneof("result") for r in first.results]
+    assert kinds == ["response", "error", "error", "response"]
+    frozen_error, invalid = first.results[1].error, first.results[2].error
+    assert (frozen_error.code, frozen_error.reason) == (
+        grpc.StatusCode.FAILED_PRECONDITION.value[0],
+        "WALLET_FROZEN",
+    )
+    assert invalid.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    status = status_pb2.Status.FromString(invalid.status)
+    bad = error_details_pb2.BadRequest()
+    assert any(d.Unpack(bad) for d in status.details)
+    assert [v.field for v in bad.field_violations] == ["events[2].event.currency"]
+    assert (await balance(wallets, active.wallet_id, "EUR")).available == 200
+    again = await offers.SubmitEvents(batch)
+    assert again.results[0] == first.results[0] and again.results[3] == first.results[3]
+    assert (await balance(wallets, active.wallet_id, "EUR")).available == 200
+    for size in (0, 501):
+        one = batch.events[0]
+        await rpc_error(
+            offers.SubmitEvents(offer_pb2.SubmitEventsRequest(events=[one] * size)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )

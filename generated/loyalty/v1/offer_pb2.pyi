@@ -907,3 +907,117 @@ class EvaluateEventResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EvaluateEventResponse: _TypeAlias = EvaluateEventResponse  # noqa: Y015
+
+@_typing.final
+class SubmitEventsRequest(_message.Message):
+    """Request of SubmitEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___SubmitEventRequest]:
+        """The events, 1 to 500, each with its own `request_id`."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___SubmitEventRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitEventsRequest: _TypeAlias = SubmitEventsRequest  # noqa: Y015
+
+@_typing.final
+class EventError(_message.Message):
+    """Why one event of a batch failed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """The gRPC status code SubmitEvent would have returned (e.g. 9 for FAILED_PRECONDITION)."""
+    reason: _builtins.str
+    """The ErrorInfo reason, e.g. "WALLET_FROZEN" or "INVALID_ARGUMENT"."""
+    message: _builtins.str
+    """A message a person can read."""
+    status: _builtins.bytes
+    """The whole google.rpc.Status, serialized, with its details (BadRequest, ErrorInfo)."""
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        message: _builtins.str = ...,
+        status: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "reason", b"reason", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventError: _TypeAlias = EventError  # noqa: Y015
+
+@_typing.final
+class SubmitEventResult(_message.Message):
+    """The outcome of one event of a batch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def response(self) -> Global___SubmitEventResponse:
+        """The event was processed (or replayed): what SubmitEvent returns."""
+
+    @_builtins.property
+    def error(self) -> Global___EventError:
+        """The event was refused; nothing was written for it."""
+
+    def __init__(
+        self,
+        *,
+        response: Global___SubmitEventResponse | None = ...,
+        error: Global___EventError | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "response", b"response", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "response", b"response", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["response", "error"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___SubmitEventResult: _TypeAlias = SubmitEventResult  # noqa: Y015
+
+@_typing.final
+class SubmitEventsResponse(_message.Message):
+    """Response of SubmitEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___SubmitEventResult]:
+        """One result per event, in request order."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___SubmitEventResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitEventsResponse: _TypeAlias = SubmitEventsResponse  # noqa: Y015

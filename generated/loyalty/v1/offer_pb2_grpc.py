@@ -101,6 +101,11 @@ class OfferServiceStub:
                 request_serializer=loyalty_dot_v1_dot_offer__pb2.EvaluateEventRequest.SerializeToString,
                 response_deserializer=loyalty_dot_v1_dot_offer__pb2.EvaluateEventResponse.FromString,
                 _registered_method=True)
+        self.SubmitEvents = channel.unary_unary(
+                '/loyalty.v1.OfferService/SubmitEvents',
+                request_serializer=loyalty_dot_v1_dot_offer__pb2.SubmitEventsRequest.SerializeToString,
+                response_deserializer=loyalty_dot_v1_dot_offer__pb2.SubmitEventsResponse.FromString,
+                _registered_method=True)
 
 
 class OfferServiceServicer:
@@ -206,6 +211,15 @@ class OfferServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitEvents(self, request, context):
+        """Submits up to 500 events for back-fills, one after another, each exactly as SubmitEvent
+        would: its own `request_id`, its own transaction, its own result. One event's failure does
+        not stop the others, and resending the whole batch is safe (each event replays).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OfferServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -273,6 +287,11 @@ def add_OfferServiceServicer_to_server(servicer, server):
                     servicer.EvaluateEvent,
                     request_deserializer=loyalty_dot_v1_dot_offer__pb2.EvaluateEventRequest.FromString,
                     response_serializer=loyalty_dot_v1_dot_offer__pb2.EvaluateEventResponse.SerializeToString,
+            ),
+            'SubmitEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitEvents,
+                    request_deserializer=loyalty_dot_v1_dot_offer__pb2.SubmitEventsRequest.FromString,
+                    response_serializer=loyalty_dot_v1_dot_offer__pb2.SubmitEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -628,6 +647,33 @@ class OfferService:
             '/loyalty.v1.OfferService/EvaluateEvent',
             loyalty_dot_v1_dot_offer__pb2.EvaluateEventRequest.SerializeToString,
             loyalty_dot_v1_dot_offer__pb2.EvaluateEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.v1.OfferService/SubmitEvents',
+            loyalty_dot_v1_dot_offer__pb2.SubmitEventsRequest.SerializeToString,
+            loyalty_dot_v1_dot_offer__pb2.SubmitEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -73,6 +73,11 @@ class OfferServiceStub:
     """The same evaluation as SubmitEvent as a dry run: nothing is written ("what will this basket
     earn?"). Caps and budgets are read as they are now.
     """
+    SubmitEvents: _grpc.UnaryUnaryMultiCallable[_offer_pb2.SubmitEventsRequest, _offer_pb2.SubmitEventsResponse]
+    """Submits up to 500 events for back-fills, one after another, each exactly as SubmitEvent
+    would: its own `request_id`, its own transaction, its own result. One event's failure does
+    not stop the others, and resending the whole batch is safe (each event replays).
+    """
 
 @_typing.type_check_only
 class OfferServiceAsyncStub(OfferServiceStub):
@@ -118,6 +123,11 @@ class OfferServiceAsyncStub(OfferServiceStub):
     EvaluateEvent: _aio.UnaryUnaryMultiCallable[_offer_pb2.EvaluateEventRequest, _offer_pb2.EvaluateEventResponse]  # type: ignore[assignment]
     """The same evaluation as SubmitEvent as a dry run: nothing is written ("what will this basket
     earn?"). Caps and budgets are read as they are now.
+    """
+    SubmitEvents: _aio.UnaryUnaryMultiCallable[_offer_pb2.SubmitEventsRequest, _offer_pb2.SubmitEventsResponse]  # type: ignore[assignment]
+    """Submits up to 500 events for back-fills, one after another, each exactly as SubmitEvent
+    would: its own `request_id`, its own transaction, its own result. One event's failure does
+    not stop the others, and resending the whole batch is safe (each event replays).
     """
 
 class OfferServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -239,6 +249,17 @@ class OfferServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_offer_pb2.EvaluateEventResponse, _abc.Awaitable[_offer_pb2.EvaluateEventResponse]]:
         """The same evaluation as SubmitEvent as a dry run: nothing is written ("what will this basket
         earn?"). Caps and budgets are read as they are now.
+        """
+
+    @_abc_1.abstractmethod
+    def SubmitEvents(
+        self,
+        request: _offer_pb2.SubmitEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_offer_pb2.SubmitEventsResponse, _abc.Awaitable[_offer_pb2.SubmitEventsResponse]]:
+        """Submits up to 500 events for back-fills, one after another, each exactly as SubmitEvent
+        would: its own `request_id`, its own transaction, its own result. One event's failure does
+        not stop the others, and resending the whole batch is safe (each event replays).
         """
 
 def add_OfferServiceServicer_to_server(servicer: OfferServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -9,7 +9,7 @@ from google.protobuf.message import Message
 from loyalty.v1 import offer_pb2, offer_pb2_grpc, rewards_pb2
 
 from loyalty_ledger.api import convert, limits, offer_rules
-from loyalty_ledger.api.errors import rpc_errors
+from loyalty_ledger.api.errors import rpc_errors, status_for
 from loyalty_ledger.api.mutate import mutate
 from loyalty_ledger.api.offer_codec import (
     STATUS_FROM_PROTO,
@@ -20,7 +20,7 @@ from loyalty_ledger.api.offer_codec import (
 )
 from loyalty_ledger.api.validation import Checks
 from loyalty_ledger.domain import rewards
-from loyalty_ledger.domain.errors import FailedPrecondition, InvalidArgument
+from loyalty_ledger.domain.errors import FailedPrecondition, InvalidArgument, LedgerError
 from loyalty_ledger.domain.expiry import Never
 from loyalty_ledger.domain.timeutil import to_us
 from loyalty_ledger.ledger import offers as offer_store
@@ -413,6 +413,35 @@ class OfferServicer(offer_pb2_grpc.OfferServiceServicer):
     async def SubmitEvent(
         self, request: offer_pb2.SubmitEventRequest, context: Ctx
     ) -> offer_pb2.SubmitEventResponse:
+        return await self._submit(request)
+
+    @rpc_errors
+    async def SubmitEvents(
+        self, request: offer_pb2.SubmitEventsRequest, context: Ctx
+    ) -> offer_pb2.SubmitEventsResponse:
+        if not 1 <= len(request.events) <= limits.EVENT_BATCH_MAX:
+            raise InvalidArgument.single("events", f"send 1 to {limits.EVENT_BATCH_MAX} events")
+        results = []
+        for i, item in enumerate(request.events):
+            try:
+                results.append(offer_pb2.SubmitEventResult(response=await self._submit(item)))
+            except LedgerError as error:
+                if isinstance(error, InvalidArgument):
+                    error = error.under(f"events[{i}]")
+                code, status = status_for(error)
+                results.append(
+                    offer_pb2.SubmitEventResult(
+                        error=offer_pb2.EventError(
+                            code=code.value[0],
+                            reason=error.reason,
+                            message=status.message,
+                            status=status.SerializeToString(),
+                        )
+                    )
+                )
+        return offer_pb2.SubmitEventsResponse(results=results)
+
+    async def _submit(self, request: offer_pb2.SubmitEventRequest) -> offer_pb2.SubmitEventResponse:
         event = self._event(request.request_id, request.wallet_id, request.event)
 
         async def op(tx: Tx) -> offer_pb2.SubmitEventResponse:

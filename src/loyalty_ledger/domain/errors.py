@@ -43,6 +43,13 @@ class InvalidArgument(LedgerError):
     def single(cls, field_path: str, description: str) -> InvalidArgument:
         return cls([FieldViolation(field_path, description)])
 
+    def under(self, prefix: str) -> InvalidArgument:
+        """The same violations with field paths inside `prefix` (an item of a batch)."""
+        return InvalidArgument(
+            [FieldViolation(f"{prefix}.{v.field}", v.description) for v in self.violations],
+            reason=self.reason,
+        )
+
 
 class NotFound(LedgerError):
     """The named resource does not exist."""
