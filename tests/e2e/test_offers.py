@@ -620,3 +620,116 @@ async def test_a_batch_gives_a_result_per_event_and_can_be_resent(offers, wallet
             offers.SubmitEvents(offer_pb2.SubmitEventsRequest(events=[one] * size)),
             grpc.StatusCode.INVALID_ARGUMENT,
         )
+
+
+async def test_returns_reverse_awards_in_proportion(app, offers, wallets, clock) -> None:
+    from tests.invariants import check_invariants
+
+    await make_scheme(offers)
+    wallet = await make_wallet(wallets)
+    cashback = await live_offer(
+        offers,
+        name="2% cash back",
+        rule=rewards_pb2.AwardRule(percent_of_amount=rewards_pb2.PercentOfAmount(basis_points=200)),
+        conditions=rewards_pb2.OfferConditions(currency="EUR"),
+        budget=100_000,
+    )
+    discount = await live_offer(
+        offers,
+        name="10% off accessories",
+        spend_method=rewards_pb2.SPEND_METHOD_INSTANT,
+        rule=rewards_pb2.AwardRule(
+            per_product=rewards_pb2.PerProduct(
+                match=rewards_pb2.ProductMatch(product_types=[ACCESSORY]), basis_points=1000
+            )
+        ),
+        conditions=rewards_pb2.OfferConditions(currency="EUR"),
+    )
+    basket = [("case", ACCESSORY, 2, 2000), ("phone", "Phone", 1, 6000)]
+    total = sum(q * u for _, _, q, u in basket)
+    submitted = await submit(
+        offers,
+        wallet.wallet_id,
+        purchase(
+            clock,
+            total,
+            items=[
+                rewards_pb2.EventItem(product_id=p, product_type=k, quantity=q, unit_price=u)
+                for p, k, q, u in basket
+            ],
+        ),
+    )
+    awarded = {a.offer_id: a.amount for a in submitted.awards}
+    assert awarded == {cashback.offer_id: down(total, 200), discount.offer_id: 2 * 2000 // 10}
+
+    async def reverse(**returned: Any) -> offer_pb2.ReverseEventResponse:
+        return await offers.ReverseEvent(
+            offer_pb2.ReverseEventRequest(
+                request_id=rid("return"), event_id=submitted.event_id, reason="return", **returned
+            )
+        )
+
+    one_case = offer_pb2.ReturnedItems(
+        items=[offer_pb2.ReturnedItem(product_id="case", quantity=1)]
+    )
+    first = await reverse(items=one_case)
+    returned = 2000
+    assert (first.returned_amount, first.total_returned_amount) == (returned, returned)
+    assert {r.offer_id: r.reversed for r in first.reversals} == {
+        offer_id: amount * returned // total for offer_id, amount in awarded.items()
+    }
+    left = (await balance(wallets, wallet.wallet_id, "EUR")).available
+    assert left == awarded[cashback.offer_id] - awarded[cashback.offer_id] * returned // total
+    # The customer spends most of what is left; the last return cannot claw that back.
+    spent = left - 10
+    await spend(wallets, wallet.wallet_id, spent, asset="EUR")
+    rest = await reverse()
+    assert rest.total_returned_amount == total
+    by_offer = {r.offer_id: r for r in rest.reversals}
+    cash_rest = awarded[cashback.offer_id] - awarded[cashback.offer_id] * returned // total
+    assert (by_offer[cashback.offer_id].reversed, by_offer[cashback.offer_id].already_spent) == (
+        cash_rest,
+        cash_rest - 10,
+    )
+    assert by_offer[discount.offer_id].reversed == (
+        awarded[discount.offer_id] - awarded[discount.offer_id] * returned // total
+    )
+    assert (await balance(wallets, wallet.wallet_id, "EUR")).available == 0
+    used = (await offers.GetOffer(offer_pb2.GetOfferRequest(offer_id=cashback.offer_id))).offer
+    assert used.budget_used == spent  # what came back to the sponsor may be awarded again
+    await rpc_error(reverse(), grpc.StatusCode.FAILED_PRECONDITION, "ALREADY_REVERSED")
+    await rpc_error(reverse(amount=1), grpc.StatusCode.FAILED_PRECONDITION, "RETURN_EXCEEDS_EVENT")
+    await rpc_error(
+        offers.ReverseEvent(
+            offer_pb2.ReverseEventRequest(request_id=rid(), event_id="cev_missing")
+        ),
+        grpc.StatusCode.NOT_FOUND,
+    )
+    await app.ledger.read(lambda r: check_invariants(r.conn))
+
+
+async def test_a_return_of_items_not_bought_is_refused(offers, wallets, clock) -> None:
+    await make_scheme(offers)
+    wallet = await make_wallet(wallets)
+    await live_offer(
+        offers, rule=rewards_pb2.AwardRule(fixed_amount=rewards_pb2.FixedAmount(amount=100))
+    )
+    item = rewards_pb2.EventItem(product_id="mug", quantity=1, unit_price=1000)
+    submitted = await submit(offers, wallet.wallet_id, purchase(clock, 1000, items=[item]))
+
+    def ret(product: str, quantity: int) -> Any:
+        return offers.ReverseEvent(
+            offer_pb2.ReverseEventRequest(
+                request_id=rid(),
+                event_id=submitted.event_id,
+                items=offer_pb2.ReturnedItems(
+                    items=[offer_pb2.ReturnedItem(product_id=product, quantity=quantity)]
+                ),
+            )
+        )
+
+    await rpc_error(ret("plate", 1), grpc.StatusCode.INVALID_ARGUMENT)
+    await rpc_error(ret("mug", 2), grpc.StatusCode.FAILED_PRECONDITION, "RETURN_EXCEEDS_EVENT")
+    whole = await ret("mug", 1)
+    assert [r.reversed for r in whole.reversals] == [100]
+    assert (await balance(wallets, wallet.wallet_id, "EUR")).available == 0

@@ -832,8 +832,11 @@ class SubmitEventResponse(_message.Message):
 
     AWARDS_FIELD_NUMBER: _builtins.int
     INSTANT_DISCOUNT_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
     instant_discount: _builtins.int
     """The sum of INSTANT awards in the event's currency: the discount to apply at the till."""
+    event_id: _builtins.str
+    """The recorded event ("cev_..."), for ReverseEvent."""
     @_builtins.property
     def awards(self) -> _containers.RepeatedCompositeFieldContainer[_rewards_pb2.OfferAward]:
         """What each offer gave, ordered by offer_id; empty when nothing qualified."""
@@ -843,10 +846,11 @@ class SubmitEventResponse(_message.Message):
         *,
         awards: _abc.Iterable[_rewards_pb2.OfferAward] | None = ...,
         instant_discount: _builtins.int = ...,
+        event_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["awards", b"awards", "instant_discount", b"instant_discount"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["awards", b"awards", "event_id", b"event_id", "instant_discount", b"instant_discount"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1021,3 +1025,171 @@ class SubmitEventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SubmitEventsResponse: _TypeAlias = SubmitEventsResponse  # noqa: Y015
+
+@_typing.final
+class ReturnedItem(_message.Message):
+    """Items handed back, by product and quantity."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRODUCT_ID_FIELD_NUMBER: _builtins.int
+    QUANTITY_FIELD_NUMBER: _builtins.int
+    product_id: _builtins.str
+    """The product id of a line of the event's basket."""
+    quantity: _builtins.int
+    """Units returned, 1 or more, at most what was bought less what was returned before."""
+    def __init__(
+        self,
+        *,
+        product_id: _builtins.str = ...,
+        quantity: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["product_id", b"product_id", "quantity", b"quantity"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReturnedItem: _TypeAlias = ReturnedItem  # noqa: Y015
+
+@_typing.final
+class ReverseEventRequest(_message.Message):
+    """Request of ReverseEvent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Idempotency key, 1-64 characters."""
+    event_id: _builtins.str
+    """The event, as SubmitEvent returned it."""
+    amount: _builtins.int
+    """An amount of the event's `amount`, in minor units of its currency."""
+    reason: _builtins.str
+    """Why, recorded on the reversal entries (at most 500 characters)."""
+    @_builtins.property
+    def items(self) -> Global___ReturnedItems:
+        """Items of the event's basket, valued at their recorded unit prices."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        event_id: _builtins.str = ...,
+        amount: _builtins.int = ...,
+        items: Global___ReturnedItems | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "items", b"items", "returned", b"returned"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "event_id", b"event_id", "items", b"items", "reason", b"reason", "request_id", b"request_id", "returned", b"returned"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_returned: _TypeAlias = _typing.Literal["amount", "items"]  # noqa: Y015
+    _WhichOneofArgType_returned: _TypeAlias = _typing.Literal["returned", b"returned"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_returned) -> _WhichOneofReturnType_returned | None: ...
+
+Global___ReverseEventRequest: _TypeAlias = ReverseEventRequest  # noqa: Y015
+
+@_typing.final
+class ReturnedItems(_message.Message):
+    """Items handed back."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReturnedItem]:
+        """The items, at most 200."""
+
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___ReturnedItem] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReturnedItems: _TypeAlias = ReturnedItems  # noqa: Y015
+
+@_typing.final
+class AwardReversal(_message.Message):
+    """What one award lost."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OFFER_ID_FIELD_NUMBER: _builtins.int
+    AWARD_TRANSACTION_ID_FIELD_NUMBER: _builtins.int
+    REVERSED_FIELD_NUMBER: _builtins.int
+    ALREADY_SPENT_FIELD_NUMBER: _builtins.int
+    TRANSACTION_ID_FIELD_NUMBER: _builtins.int
+    offer_id: _builtins.str
+    """The offer that made the award."""
+    award_transaction_id: _builtins.str
+    """The award's transaction."""
+    reversed: _builtins.int
+    """How much this return takes back, in minor units of the award's asset."""
+    already_spent: _builtins.int
+    """ON_ACCOUNT: the part of that which had already been spent or expired, and so could not be
+    taken back.
+    """
+    transaction_id: _builtins.str
+    """The REVERSAL entry; empty when nothing could be taken back."""
+    def __init__(
+        self,
+        *,
+        offer_id: _builtins.str = ...,
+        award_transaction_id: _builtins.str = ...,
+        reversed: _builtins.int = ...,
+        already_spent: _builtins.int = ...,
+        transaction_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_spent", b"already_spent", "award_transaction_id", b"award_transaction_id", "offer_id", b"offer_id", "reversed", b"reversed", "transaction_id", b"transaction_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AwardReversal: _TypeAlias = AwardReversal  # noqa: Y015
+
+@_typing.final
+class ReverseEventResponse(_message.Message):
+    """Response of ReverseEvent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    RETURNED_AMOUNT_FIELD_NUMBER: _builtins.int
+    TOTAL_RETURNED_AMOUNT_FIELD_NUMBER: _builtins.int
+    REVERSALS_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """The event."""
+    returned_amount: _builtins.int
+    """The value this return counted, in minor units of the event's currency."""
+    total_returned_amount: _builtins.int
+    """All that has been returned of the event so far."""
+    @_builtins.property
+    def reversals(self) -> _containers.RepeatedCompositeFieldContainer[Global___AwardReversal]:
+        """What each award lost."""
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        returned_amount: _builtins.int = ...,
+        total_returned_amount: _builtins.int = ...,
+        reversals: _abc.Iterable[Global___AwardReversal] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "returned_amount", b"returned_amount", "reversals", b"reversals", "total_returned_amount", b"total_returned_amount"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReverseEventResponse: _TypeAlias = ReverseEventResponse  # noqa: Y015

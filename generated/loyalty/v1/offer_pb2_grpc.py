@@ -106,6 +106,11 @@ class OfferServiceStub:
                 request_serializer=loyalty_dot_v1_dot_offer__pb2.SubmitEventsRequest.SerializeToString,
                 response_deserializer=loyalty_dot_v1_dot_offer__pb2.SubmitEventsResponse.FromString,
                 _registered_method=True)
+        self.ReverseEvent = channel.unary_unary(
+                '/loyalty.v1.OfferService/ReverseEvent',
+                request_serializer=loyalty_dot_v1_dot_offer__pb2.ReverseEventRequest.SerializeToString,
+                response_deserializer=loyalty_dot_v1_dot_offer__pb2.ReverseEventResponse.FromString,
+                _registered_method=True)
 
 
 class OfferServiceServicer:
@@ -220,6 +225,17 @@ class OfferServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReverseEvent(self, request, context):
+        """Reverses the awards a submitted event produced, in proportion to what was returned: the
+        whole event, an amount, or items. ON_ACCOUNT awards lose what is left of their lot (never
+        driving a balance negative; what was already spent is reported); INSTANT discounts go back
+        from the merchant to the sponsor. Reversed value returns to the offer's budget.
+        Idempotent by `request_id`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OfferServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -292,6 +308,11 @@ def add_OfferServiceServicer_to_server(servicer, server):
                     servicer.SubmitEvents,
                     request_deserializer=loyalty_dot_v1_dot_offer__pb2.SubmitEventsRequest.FromString,
                     response_serializer=loyalty_dot_v1_dot_offer__pb2.SubmitEventsResponse.SerializeToString,
+            ),
+            'ReverseEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReverseEvent,
+                    request_deserializer=loyalty_dot_v1_dot_offer__pb2.ReverseEventRequest.FromString,
+                    response_serializer=loyalty_dot_v1_dot_offer__pb2.ReverseEventResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -674,6 +695,33 @@ class OfferService:
             '/loyalty.v1.OfferService/SubmitEvents',
             loyalty_dot_v1_dot_offer__pb2.SubmitEventsRequest.SerializeToString,
             loyalty_dot_v1_dot_offer__pb2.SubmitEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReverseEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.v1.OfferService/ReverseEvent',
+            loyalty_dot_v1_dot_offer__pb2.ReverseEventRequest.SerializeToString,
+            loyalty_dot_v1_dot_offer__pb2.ReverseEventResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -78,6 +78,13 @@ class OfferServiceStub:
     would: its own `request_id`, its own transaction, its own result. One event's failure does
     not stop the others, and resending the whole batch is safe (each event replays).
     """
+    ReverseEvent: _grpc.UnaryUnaryMultiCallable[_offer_pb2.ReverseEventRequest, _offer_pb2.ReverseEventResponse]
+    """Reverses the awards a submitted event produced, in proportion to what was returned: the
+    whole event, an amount, or items. ON_ACCOUNT awards lose what is left of their lot (never
+    driving a balance negative; what was already spent is reported); INSTANT discounts go back
+    from the merchant to the sponsor. Reversed value returns to the offer's budget.
+    Idempotent by `request_id`.
+    """
 
 @_typing.type_check_only
 class OfferServiceAsyncStub(OfferServiceStub):
@@ -128,6 +135,13 @@ class OfferServiceAsyncStub(OfferServiceStub):
     """Submits up to 500 events for back-fills, one after another, each exactly as SubmitEvent
     would: its own `request_id`, its own transaction, its own result. One event's failure does
     not stop the others, and resending the whole batch is safe (each event replays).
+    """
+    ReverseEvent: _aio.UnaryUnaryMultiCallable[_offer_pb2.ReverseEventRequest, _offer_pb2.ReverseEventResponse]  # type: ignore[assignment]
+    """Reverses the awards a submitted event produced, in proportion to what was returned: the
+    whole event, an amount, or items. ON_ACCOUNT awards lose what is left of their lot (never
+    driving a balance negative; what was already spent is reported); INSTANT discounts go back
+    from the merchant to the sponsor. Reversed value returns to the offer's budget.
+    Idempotent by `request_id`.
     """
 
 class OfferServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -260,6 +274,19 @@ class OfferServiceServicer(metaclass=_abc_1.ABCMeta):
         """Submits up to 500 events for back-fills, one after another, each exactly as SubmitEvent
         would: its own `request_id`, its own transaction, its own result. One event's failure does
         not stop the others, and resending the whole batch is safe (each event replays).
+        """
+
+    @_abc_1.abstractmethod
+    def ReverseEvent(
+        self,
+        request: _offer_pb2.ReverseEventRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_offer_pb2.ReverseEventResponse, _abc.Awaitable[_offer_pb2.ReverseEventResponse]]:
+        """Reverses the awards a submitted event produced, in proportion to what was returned: the
+        whole event, an amount, or items. ON_ACCOUNT awards lose what is left of their lot (never
+        driving a balance negative; what was already spent is reported); INSTANT discounts go back
+        from the merchant to the sponsor. Reversed value returns to the offer's budget.
+        Idempotent by `request_id`.
         """
 
 def add_OfferServiceServicer_to_server(servicer: OfferServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -445,15 +445,63 @@ class OfferServicer(offer_pb2_grpc.OfferServiceServicer):
         event = self._event(request.request_id, request.wallet_id, request.event)
 
         async def op(tx: Tx) -> offer_pb2.SubmitEventResponse:
-            posted = await rewarding.submit_event(
+            event_id, posted = await rewarding.submit_event(
                 tx, request.wallet_id, event, request.event.reference, _decode
             )
             return offer_pb2.SubmitEventResponse(
                 awards=[_award_to_proto(p) for p in posted],
                 instant_discount=sum(p.award.amount for p in posted if p.award.instant),
+                event_id=event_id,
             )
 
         return await mutate(self.ledger, "SubmitEvent", request, offer_pb2.SubmitEventResponse, op)
+
+    @rpc_errors
+    async def ReverseEvent(
+        self, request: offer_pb2.ReverseEventRequest, context: Ctx
+    ) -> offer_pb2.ReverseEventResponse:
+        checks = Checks()
+        checks.request_id(request.request_id)
+        checks.resource_id("event_id", request.event_id)
+        checks.text("reason", request.reason, max_chars=limits.REASON_CHARS_MAX)
+        returned: int | dict[str, int] | None = None
+        kind = request.WhichOneof("returned")
+        if kind == "amount":
+            checks.amount("amount", request.amount)
+            returned = request.amount
+        elif kind == "items":
+            items = request.items.items
+            if not 1 <= len(items) <= offer_rules.EVENT_ITEMS_MAX:
+                checks.fail("items.items", f"name 1 to {offer_rules.EVENT_ITEMS_MAX} items")
+            returned = {}
+            for i, item in enumerate(items[: offer_rules.EVENT_ITEMS_MAX]):
+                checks.resource_id(f"items.items[{i}].product_id", item.product_id)
+                if not 1 <= item.quantity <= offer_rules.ITEM_QUANTITY_MAX:
+                    checks.fail(f"items.items[{i}].quantity", "must be 1 or more")
+                returned[item.product_id] = returned.get(item.product_id, 0) + item.quantity
+        checks.done()
+
+        async def op(tx: Tx) -> offer_pb2.ReverseEventResponse:
+            result = await rewarding.reverse_event(tx, request.event_id, returned, request.reason)
+            return offer_pb2.ReverseEventResponse(
+                event_id=result.event_id,
+                returned_amount=result.returned_amount,
+                total_returned_amount=result.total_returned_amount,
+                reversals=[
+                    offer_pb2.AwardReversal(
+                        offer_id=r.offer_id,
+                        award_transaction_id=r.award_transaction_id,
+                        reversed=r.reversed,
+                        already_spent=r.already_spent,
+                        transaction_id=r.transaction_id,
+                    )
+                    for r in result.reversals
+                ],
+            )
+
+        return await mutate(
+            self.ledger, "ReverseEvent", request, offer_pb2.ReverseEventResponse, op
+        )
 
     @rpc_errors
     async def EvaluateEvent(

@@ -653,6 +653,13 @@ class PostingTx(Reader):
         await self._insert_lot(lot)
         return txn, lot
 
+    async def lock_wallet_for_reversal(self, wallet_id: str) -> WalletRecord:
+        """Lock a wallet for a claw-back: a frozen wallet can still be reversed (fraud), a
+        closed one is read-only."""
+        wallet = await self._lock_wallet(wallet_id)
+        self._require_open(wallet)
+        return wallet
+
     async def lock_active_wallet(self, wallet_id: str) -> WalletRecord:
         """Lock a wallet for a write that needs it ACTIVE (not frozen, not closed)."""
         wallet = await self._lock_wallet(wallet_id)
@@ -1194,6 +1201,62 @@ class PostingTx(Reader):
         await self._save_lots([lot])
         txn = await self._record(journal)
         return ReversalResult(txn, reversed_amount, lot.spent, lot.held)
+
+    async def reverse_award_part(
+        self, award_transaction_id: str, lot_id: str, amount: int, reason: str
+    ) -> tuple[TransactionRecord | None, int]:
+        """Take back up to `amount` of an award's lot (ReverseCredit semantics, in part): what
+        is left of the lot goes back to its funding account; the rest was already spent or
+        expired and is reported, never clawed from other value. Returns the REVERSAL entry
+        (None when nothing was left) and the part that could not be taken back."""
+        lot = (await self.lots_by_id([lot_id]))[lot_id]
+        self._require_open(await self._lock_wallet(lot.wallet_id))
+        lot = (await self.lots_by_id([lot_id]))[lot_id]  # re-read under the wallet lock
+        taken = min(amount, lot.remaining) if lot.state is LotState.OPEN else 0
+        if taken == 0:
+            return None, amount
+        journal = _Journal(
+            TxType.REVERSAL,
+            lot.scheme_id,
+            lot.wallet_id,
+            related_transaction_id=award_transaction_id,
+            metadata={"reason": reason},
+        )
+        journal.move(wallet_account(lot.wallet_id), funding_account(lot), lot.asset, taken)
+        journal.allocate(lot, taken)
+        lot.reversed += taken
+        lot.remaining -= taken
+        await self._save_lots([lot])
+        return await self._record(journal), amount - taken
+
+    async def reverse_instant_part(
+        self,
+        award: TransactionRecord,
+        asset: str,
+        amount: int,
+        *,
+        sponsor_id: str,
+        merchant_id: str,
+        reason: str,
+    ) -> TransactionRecord:
+        """Give back `amount` of an INSTANT discount: the merchant returns it to the sponsor
+        (the goods came back, so the discount no longer applies)."""
+        assert award.wallet_id is not None
+        journal = _Journal(
+            TxType.REVERSAL,
+            award.scheme_id,
+            award.wallet_id,
+            merchant_id=merchant_id or None,
+            related_transaction_id=award.id,
+            metadata={"reason": reason},
+        )
+        journal.move(
+            merchant_account(award.scheme_id, merchant_id or OPERATOR_SPONSOR),
+            sponsor_account(award.scheme_id, sponsor_id),
+            asset,
+            amount,
+        )
+        return await self._record(journal)
 
     # -- moving value between wallets --------------------------------------------------------
 

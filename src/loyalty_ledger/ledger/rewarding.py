@@ -9,21 +9,26 @@ numbers and writes nothing.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loyalty_ledger.domain import rewards
+from loyalty_ledger.domain.errors import FailedPrecondition, InvalidArgument, NotFound
 from loyalty_ledger.domain.expiry import ExpiryPolicy
 from loyalty_ledger.domain.spend_order import Funding
+from loyalty_ledger.domain.timeutil import to_us
 from loyalty_ledger.ledger import offers as offer_store
 from loyalty_ledger.ledger import tables as t
 from loyalty_ledger.ledger.engine import OPERATOR_SPONSOR, CreditCommand, Tx
+from loyalty_ledger.ledger.ids import new_id
 from loyalty_ledger.ledger.reads import Reader
-from loyalty_ledger.ledger.records import SchemeRecord, TxType, WalletRecord
+from loyalty_ledger.ledger.records import SchemeRecord, TransactionRecord, TxType, WalletRecord
 
 QUALIFYING = "QUALIFYING"  # offer_usage window counting qualifying purchases
 
@@ -124,10 +129,26 @@ async def evaluate_event(
 
 async def submit_event(
     tx: Tx, wallet_id: str, event: rewards.CustomerEvent, reference: str, decode: Decoder
-) -> list[PostedAward]:
-    """Evaluate the event and post every award, counting caps and budgets, atomically."""
+) -> tuple[str, list[PostedAward]]:
+    """Evaluate the event and post every award, counting caps and budgets, atomically.
+    Returns the recorded event's id (for ReverseEvent) and the awards."""
     wallet = await tx.lock_active_wallet(wallet_id)
     scheme, settings, evaluation, periods = await _evaluate(tx, wallet, event, decode, lock=True)
+    event_id = new_id("cev")
+    await tx.conn.execute(
+        t.customer_events.insert().values(
+            id=event_id,
+            wallet_id=wallet.id,
+            scheme_id=wallet.scheme_id,
+            type=event.type.value,
+            amount=event.amount,
+            currency=event.currency,
+            items=json.dumps([[i.product_id, i.quantity, i.unit_price] for i in event.items]),
+            reference=reference,
+            occurred_at_us=to_us(event.occurred_at),
+            created_at_us=tx.now_us,
+        )
+    )
     posted = []
     for award in evaluation.awards:
         how = settings[award.offer_id]
@@ -163,12 +184,147 @@ async def submit_event(
                 )
             )
             posted.append(PostedAward(award, txn.id, lot.id))
+        await tx.conn.execute(
+            t.event_awards.insert().values(
+                transaction_id=posted[-1].transaction_id,
+                event_id=event_id,
+                offer_id=award.offer_id,
+                lot_id=posted[-1].lot_id or None,
+                asset=award.asset,
+                amount=award.amount,
+                instant=award.instant,
+                sponsor_id=sponsor,
+                merchant_id=event.merchant_id,
+            )
+        )
         await _count(tx.conn, award.offer_id, wallet.id, periods, award.amount)
         await offer_store.spend_budget(tx.conn, award.offer_id, award.amount)
     for offer_id in evaluation.qualified:
         await _bump(tx.conn, offer_id, wallet.id, QUALIFYING, "", 1, 0)
     assert scheme.id == wallet.scheme_id
-    return posted
+    return event_id, posted
+
+
+# -- returns --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AwardReversal:
+    offer_id: str
+    award_transaction_id: str
+    reversed: int
+    already_spent: int
+    transaction_id: str
+
+
+@dataclass(frozen=True)
+class EventReversal:
+    event_id: str
+    returned_amount: int
+    total_returned_amount: int
+    reversals: list[AwardReversal]
+
+
+def _returned_value(
+    event: Any, returned: int | dict[str, int] | None
+) -> tuple[int, dict[str, int]]:
+    """The value a return counts, and the event's returned quantities after it."""
+    already: dict[str, int] = json.loads(event.returned_items)
+    left = event.amount - event.returned_amount
+    if returned is None:
+        return left, {pid: qty for pid, qty, _ in json.loads(event.items)}
+    if isinstance(returned, int):
+        if not 1 <= returned <= left:
+            raise FailedPrecondition(
+                f"event {event.id} has {left} left to return",
+                reason="RETURN_EXCEEDS_EVENT",
+                returnable=left,
+            )
+        return returned, already
+    bought: dict[str, tuple[int, int]] = {}
+    for pid, qty, price in json.loads(event.items):
+        count, _ = bought.get(pid, (0, price))
+        bought[pid] = (count + qty, price)
+    value, after = 0, dict(already)
+    for pid, qty in returned.items():
+        if pid not in bought:
+            raise InvalidArgument.single("items", f"{pid!r} is not in the event's basket")
+        if after.get(pid, 0) + qty > bought[pid][0]:
+            raise FailedPrecondition(
+                f"only {bought[pid][0] - after.get(pid, 0)} of {pid} are left to return",
+                reason="RETURN_EXCEEDS_EVENT",
+                product_id=pid,
+            )
+        after[pid] = after.get(pid, 0) + qty
+        value += qty * bought[pid][1]
+    return min(value, left), after
+
+
+async def reverse_event(
+    tx: Tx, event_id: str, returned: int | dict[str, int] | None, reason: str
+) -> EventReversal:
+    """Reverse the event's awards in proportion to what has been returned in all: after
+    returns of R out of an event of A, each award has lost floor(award x R / A) (all of it
+    when everything came back, or when the event had no amount)."""
+    ce = t.customer_events
+    event = (await tx.conn.execute(select(ce).where(ce.c.id == event_id))).first()
+    if event is None:
+        raise NotFound("event", event_id)
+    await tx.lock_wallet_for_reversal(event.wallet_id)
+    awards = list(
+        await tx.conn.execute(
+            select(t.event_awards)
+            .where(t.event_awards.c.event_id == event_id)
+            .order_by(t.event_awards.c.offer_id, t.event_awards.c.transaction_id)
+        )
+    )
+    value, returned_items = _returned_value(event, returned)
+    total = event.returned_amount + value
+    if event.amount == 0 and all(a.reversed == a.amount for a in awards):
+        raise FailedPrecondition(
+            f"event {event_id} was reversed already", reason="ALREADY_REVERSED"
+        )
+    if event.amount and value == 0:
+        raise FailedPrecondition(
+            f"event {event_id} has nothing left to return", reason="ALREADY_REVERSED"
+        )
+    reversals = []
+    for award in awards:
+        target = award.amount if event.amount == 0 else award.amount * total // event.amount
+        delta = target - award.reversed
+        if delta <= 0:
+            continue
+        original = await tx.get_transaction(award.transaction_id)
+        if award.instant:
+            txn: TransactionRecord | None = await tx.reverse_instant_part(
+                original,
+                award.asset,
+                delta,
+                sponsor_id=award.sponsor_id,
+                merchant_id=award.merchant_id,
+                reason=reason,
+            )
+            short = 0
+        else:
+            txn, short = await tx.reverse_award_part(
+                award.transaction_id, award.lot_id, delta, reason
+            )
+        await tx.conn.execute(
+            update(t.event_awards)
+            .where(t.event_awards.c.transaction_id == award.transaction_id)
+            .values(reversed=target)
+        )
+        # What came back to the sponsor may be awarded again.
+        await offer_store.spend_budget(tx.conn, award.offer_id, -(delta - short))
+        reversals.append(
+            AwardReversal(award.offer_id, award.transaction_id, delta, short, txn.id if txn else "")
+        )
+    await tx.conn.execute(
+        update(ce)
+        .where(ce.c.id == event_id)
+        .values(returned_amount=total, returned_items=json.dumps(returned_items, sort_keys=True))
+    )
+    return EventReversal(event_id, value, total, reversals)
 
 
 async def _count(

@@ -332,3 +332,40 @@ offer_usage = Table(
     Column("award_count", BigInteger, nullable=False),
     Column("award_amount", Amount, nullable=False),
 )
+
+# Submitted customer events, kept so a return can reverse their awards (ReverseEvent).
+customer_events = Table(
+    "customer_events",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("wallet_id", Id, ForeignKey("wallets.id"), nullable=False),
+    Column("scheme_id", Id, nullable=False),
+    Column("type", String(16), nullable=False),
+    Column("amount", Amount, nullable=False),
+    Column("currency", String(12), nullable=False),
+    Column("items", Text, nullable=False),  # JSON: [[product_id, quantity, unit_price], ...]
+    Column("returned_items", Text, nullable=False, server_default="{}"),  # JSON: id -> quantity
+    Column("returned_amount", Amount, nullable=False, server_default="0"),
+    Column("reference", String(128), nullable=False, server_default=""),
+    Column("occurred_at_us", Us, nullable=False),
+    Column("created_at_us", Us, nullable=False),
+    CheckConstraint("returned_amount >= 0 AND returned_amount <= amount", name="returned_range"),
+)
+
+# The awards an event produced, and how much of each has been reversed.
+event_awards = Table(
+    "event_awards",
+    metadata,
+    Column("transaction_id", Id, ForeignKey("transactions.id"), primary_key=True),
+    Column("event_id", Id, ForeignKey("customer_events.id"), nullable=False),
+    Column("offer_id", Id, ForeignKey("offers.id"), nullable=False),
+    Column("lot_id", Id, nullable=True),  # ON_ACCOUNT awards
+    Column("asset", String(12), nullable=False),
+    Column("amount", Amount, nullable=False),
+    Column("instant", Boolean, nullable=False),
+    Column("sponsor_id", String(64), nullable=False),
+    Column("merchant_id", String(64), nullable=False, server_default=""),
+    Column("reversed", Amount, nullable=False, server_default="0"),
+    CheckConstraint("reversed >= 0 AND reversed <= amount", name="reversed_range"),
+    Index(None, "event_id"),
+)
