@@ -216,6 +216,24 @@ def test_calendar_durations_are_monotonic_up_to_a_dst_shift(
 ) -> None:
     # Wall-clock durations can swap two credits that straddle a DST change by up to the shift
     # (see the docstring of loyalty_ledger.domain.expiry); zones without DST never do.
-    first, second = _expiry_pair(policy, a, a + delta, ZoneInfo(tz_name))
+    tz = ZoneInfo(tz_name)
+    first, second = _expiry_pair(policy, a, a + delta, tz)
     slack = timedelta(0) if tz_name in NO_DST_ZONES else MAX_DST_SHIFT
+    if policy.unit is DurationUnit.MONTHS:
+        # Month-end clamping keeps the wall time but not the day: 30 Dec 23:47 + 9 months is
+        # 30 Sep 23:47, while 31 Dec 00:00 (13 minutes later) is clamped to 30 Sep 00:00. The
+        # local date never goes backwards, and the instant by less than a day.
+        assert first.astimezone(tz).date() <= second.astimezone(tz).date()
+        slack += timedelta(days=1)
     assert first <= second + slack
+
+
+def test_month_end_clamping_can_move_a_later_credit_earlier_within_the_day() -> None:
+    """The example hypothesis found: the rule is the issue's (same wall time, clamped)."""
+    tz = ZoneInfo("America/New_York")
+    policy = After(45, DurationUnit.MONTHS)
+    early = datetime(2000, 12, 31, 4, 47, tzinfo=UTC)  # 30 Dec 23:47 local
+    late = early + timedelta(minutes=13)  # 31 Dec 00:00 local
+    first, second = _expiry_pair(policy, early, late, tz)
+    assert first.astimezone(tz).replace(tzinfo=None) == datetime(2004, 9, 30, 23, 47)
+    assert second.astimezone(tz).replace(tzinfo=None) == datetime(2004, 9, 30, 0, 0)
