@@ -340,10 +340,18 @@ async def test_five_euro_after_a_year_of_uninterrupted_subscription(offers, wall
     assert (await balance(wallets, wallet.wallet_id, "EUR")).available == 500
 
 
-async def test_five_points_per_ten_euro_then_a_thousand_points_spent(
+async def test_five_points_per_ten_euro_then_a_thousand_points_used_on_a_200_eur_basket(
     offers, wallets, clock
 ) -> None:
-    await make_scheme(offers)
+    rate_points, rate_value = 1000, 10_000  # 1000 points = 100.00 EUR
+    await make_scheme(
+        offers,
+        redemption_rates=[
+            offer_pb2.RedemptionRate(
+                asset="POINTS", points=rate_points, currency="EUR", value=rate_value
+            )
+        ],
+    )
     wallet = await make_wallet(wallets)
     await live_offer(
         offers,
@@ -354,7 +362,7 @@ async def test_five_points_per_ten_euro_then_a_thousand_points_spent(
         ),
         conditions=rewards_pb2.OfferConditions(currency="EUR"),
     )
-    baskets = [19999, 125050, 80000, 9999, 1_000_000]
+    baskets = [19999, 125050, 80000, 9999, 100_000]
     earned = 0
     for amount in baskets:
         response = await submit(offers, wallet.wallet_id, purchase(clock, amount))
@@ -362,8 +370,60 @@ async def test_five_points_per_ten_euro_then_a_thousand_points_spent(
         assert sum(a.amount for a in response.awards) == expected
         earned += expected
     assert (await balance(wallets, wallet.wallet_id)).available == earned >= 1000
-    await spend(wallets, wallet.wallet_id, 1000, merchant_id="shop-1")
+    basket = 20_000  # 200.00 EUR
+    quote = await wallets.QuoteRedemption(
+        wallet_pb2.QuoteRedemptionRequest(
+            wallet_id=wallet.wallet_id,
+            asset="POINTS",
+            currency="EUR",
+            amount=basket,
+            merchant_id="shop-1",
+        )
+    )
+    worth = earned * rate_value // rate_points
+    assert (quote.available_points, quote.value) == (earned, min(worth, basket))
+    assert quote.points == -(-quote.value * rate_points // rate_value)
+    value = 1000 * rate_value // rate_points  # what 1000 points pay for: 100.00 EUR
+    redeemed = await wallets.RedeemPoints(
+        wallet_pb2.RedeemPointsRequest(
+            request_id=rid("redeem"),
+            wallet_id=wallet.wallet_id,
+            asset="POINTS",
+            currency="EUR",
+            value=value,
+            merchant_id="shop-1",
+        )
+    )
+    assert (redeemed.points, redeemed.value) == (1000, value)
+    assert redeemed.transaction.metadata["redeemed_value"] == str(value)
+    assert redeemed.transaction.metadata["redeemed_currency"] == "EUR"
     assert (await balance(wallets, wallet.wallet_id)).available == earned - 1000
+    await rpc_error(
+        wallets.QuoteRedemption(
+            wallet_pb2.QuoteRedemptionRequest(
+                wallet_id=wallet.wallet_id,
+                asset="POINTS",
+                currency="USD",
+                amount=1,
+                merchant_id="m",
+            )
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    await rpc_error(
+        wallets.RedeemPoints(
+            wallet_pb2.RedeemPointsRequest(
+                request_id=rid(),
+                wallet_id=wallet.wallet_id,
+                asset="EUR",
+                currency="POINTS",
+                value=1,
+                merchant_id="shop-1",
+            )
+        ),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "NO_REDEMPTION_RATE",
+    )
 
 
 async def test_two_percent_cash_back_valid_six_months_warned_and_expired_on_the_stream(
@@ -733,3 +793,40 @@ async def test_a_return_of_items_not_bought_is_refused(offers, wallets, clock) -
     whole = await ret("mug", 1)
     assert [r.reversed for r in whole.reversals] == [100]
     assert (await balance(wallets, wallet.wallet_id, "EUR")).available == 0
+
+
+async def test_redemption_rates_are_validated_and_updatable(offers) -> None:
+    from tests.helpers import field_violations as violations
+
+    def rate(asset: str, currency: str, points: int = 100, value: int = 100) -> Any:
+        return offer_pb2.RedemptionRate(asset=asset, points=points, currency=currency, value=value)
+
+    error = await rpc_error(
+        make_scheme(
+            offers,
+            redemption_rates=[
+                rate("POINTS", "USD"),
+                rate("POINTS", "POINTS"),
+                rate("POINTS", "EUR", points=0),
+                rate("POINTS", "EUR"),
+                rate("POINTS", "EUR"),
+            ],
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert {
+        "scheme.redemption_rates[0].currency",
+        "scheme.redemption_rates[1].currency",
+        "scheme.redemption_rates[2].points",
+        "scheme.redemption_rates[4]",
+    } <= set(violations(error))
+    scheme = await make_scheme(offers)
+    assert not scheme.redemption_rates
+    updated = await offers.UpdateScheme(
+        offer_pb2.UpdateSchemeRequest(
+            request_id=rid(),
+            scheme=offer_pb2.Scheme(scheme_id="acme", redemption_rates=[rate("POINTS", "EUR")]),
+            update_mask=FieldMask(paths=["redemption_rates"]),
+        )
+    )
+    assert list(updated.scheme.redemption_rates) == [rate("POINTS", "EUR")]

@@ -2188,3 +2188,169 @@ class ExtendLotResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExtendLotResponse: _TypeAlias = ExtendLotResponse  # noqa: Y015
+
+@_typing.final
+class QuoteRedemptionRequest(_message.Message):
+    """Request of QuoteRedemption."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WALLET_ID_FIELD_NUMBER: _builtins.int
+    ASSET_FIELD_NUMBER: _builtins.int
+    CURRENCY_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    MERCHANT_ID_FIELD_NUMBER: _builtins.int
+    PRODUCT_IDS_FIELD_NUMBER: _builtins.int
+    wallet_id: _builtins.str
+    """The wallet."""
+    asset: _builtins.str
+    """The points asset, e.g. "POINTS"."""
+    currency: _builtins.str
+    """The basket's currency, e.g. "EUR"."""
+    amount: _builtins.int
+    """The basket's amount, in minor units of `currency`."""
+    merchant_id: _builtins.str
+    """Where the points would be spent (spend conditions of lots apply)."""
+    @_builtins.property
+    def product_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The basket's products (spend conditions of lots apply)."""
+
+    def __init__(
+        self,
+        *,
+        wallet_id: _builtins.str = ...,
+        asset: _builtins.str = ...,
+        currency: _builtins.str = ...,
+        amount: _builtins.int = ...,
+        merchant_id: _builtins.str = ...,
+        product_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "asset", b"asset", "currency", b"currency", "merchant_id", b"merchant_id", "product_ids", b"product_ids", "wallet_id", b"wallet_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuoteRedemptionRequest: _TypeAlias = QuoteRedemptionRequest  # noqa: Y015
+
+@_typing.final
+class QuoteRedemptionResponse(_message.Message):
+    """Response of QuoteRedemption."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POINTS_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    AVAILABLE_POINTS_FIELD_NUMBER: _builtins.int
+    RATE_POINTS_FIELD_NUMBER: _builtins.int
+    RATE_VALUE_FIELD_NUMBER: _builtins.int
+    points: _builtins.int
+    """The most points the basket can use."""
+    value: _builtins.int
+    """What they pay for, in minor units of the currency."""
+    available_points: _builtins.int
+    """Points available and eligible for this basket."""
+    rate_points: _builtins.int
+    """The rate used: `rate_points` points are worth `rate_value` minor units."""
+    rate_value: _builtins.int
+    """See rate_points."""
+    def __init__(
+        self,
+        *,
+        points: _builtins.int = ...,
+        value: _builtins.int = ...,
+        available_points: _builtins.int = ...,
+        rate_points: _builtins.int = ...,
+        rate_value: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_points", b"available_points", "points", b"points", "rate_points", b"rate_points", "rate_value", b"rate_value", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuoteRedemptionResponse: _TypeAlias = QuoteRedemptionResponse  # noqa: Y015
+
+@_typing.final
+class RedeemPointsRequest(_message.Message):
+    """Request of RedeemPoints."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    WALLET_ID_FIELD_NUMBER: _builtins.int
+    ASSET_FIELD_NUMBER: _builtins.int
+    CURRENCY_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    MERCHANT_ID_FIELD_NUMBER: _builtins.int
+    PRODUCT_IDS_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Idempotency key, 1-64 characters."""
+    wallet_id: _builtins.str
+    """The wallet."""
+    asset: _builtins.str
+    """The points asset."""
+    currency: _builtins.str
+    """The currency of the value."""
+    value: _builtins.int
+    """The value to pay with points, in minor units of `currency`, 1 or more."""
+    merchant_id: _builtins.str
+    """The merchant accepting them."""
+    reference: _builtins.str
+    """The caller's reference (an order number)."""
+    @_builtins.property
+    def product_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The basket's products (spend conditions of lots apply)."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        wallet_id: _builtins.str = ...,
+        asset: _builtins.str = ...,
+        currency: _builtins.str = ...,
+        value: _builtins.int = ...,
+        merchant_id: _builtins.str = ...,
+        product_ids: _abc.Iterable[_builtins.str] | None = ...,
+        reference: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset", b"asset", "currency", b"currency", "merchant_id", b"merchant_id", "product_ids", b"product_ids", "reference", b"reference", "request_id", b"request_id", "value", b"value", "wallet_id", b"wallet_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedeemPointsRequest: _TypeAlias = RedeemPointsRequest  # noqa: Y015
+
+@_typing.final
+class RedeemPointsResponse(_message.Message):
+    """Response of RedeemPoints."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSACTION_FIELD_NUMBER: _builtins.int
+    POINTS_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    points: _builtins.int
+    """The points spent."""
+    value: _builtins.int
+    """The value they paid for, in minor units of the currency."""
+    @_builtins.property
+    def transaction(self) -> Global___Transaction:
+        """The SPEND entry, with its allocations."""
+
+    def __init__(
+        self,
+        *,
+        transaction: Global___Transaction | None = ...,
+        points: _builtins.int = ...,
+        value: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["transaction", b"transaction"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["points", b"points", "transaction", b"transaction", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedeemPointsResponse: _TypeAlias = RedeemPointsResponse  # noqa: Y015

@@ -178,6 +178,16 @@ class WalletServiceStub:
                 request_serializer=loyalty_dot_v1_dot_expiry__pb2.WatchExpirationsRequest.SerializeToString,
                 response_deserializer=loyalty_dot_v1_dot_expiry__pb2.WatchExpirationsResponse.FromString,
                 _registered_method=True)
+        self.QuoteRedemption = channel.unary_unary(
+                '/loyalty.v1.WalletService/QuoteRedemption',
+                request_serializer=loyalty_dot_v1_dot_wallet__pb2.QuoteRedemptionRequest.SerializeToString,
+                response_deserializer=loyalty_dot_v1_dot_wallet__pb2.QuoteRedemptionResponse.FromString,
+                _registered_method=True)
+        self.RedeemPoints = channel.unary_unary(
+                '/loyalty.v1.WalletService/RedeemPoints',
+                request_serializer=loyalty_dot_v1_dot_wallet__pb2.RedeemPointsRequest.SerializeToString,
+                response_deserializer=loyalty_dot_v1_dot_wallet__pb2.RedeemPointsResponse.FromString,
+                _registered_method=True)
 
 
 class WalletServiceServicer:
@@ -395,6 +405,24 @@ class WalletServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def QuoteRedemption(self, request, context):
+        """How many points a basket can use ("pay part with points"): the most that is available,
+        eligible at this merchant for these products, and useful for the basket's amount, with
+        what they are worth. Needs the scheme's redemption rate for the asset and currency.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RedeemPoints(self, request, context):
+        """Spends points for a money value: the points the value costs at the scheme's rate
+        (rounded up) are spent as by Spend, and the SPEND entry records both (metadata
+        `redeemed_value` and `redeemed_currency`). Idempotent by `request_id`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WalletServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -532,6 +560,16 @@ def add_WalletServiceServicer_to_server(servicer, server):
                     servicer.WatchExpirations,
                     request_deserializer=loyalty_dot_v1_dot_expiry__pb2.WatchExpirationsRequest.FromString,
                     response_serializer=loyalty_dot_v1_dot_expiry__pb2.WatchExpirationsResponse.SerializeToString,
+            ),
+            'QuoteRedemption': grpc.unary_unary_rpc_method_handler(
+                    servicer.QuoteRedemption,
+                    request_deserializer=loyalty_dot_v1_dot_wallet__pb2.QuoteRedemptionRequest.FromString,
+                    response_serializer=loyalty_dot_v1_dot_wallet__pb2.QuoteRedemptionResponse.SerializeToString,
+            ),
+            'RedeemPoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.RedeemPoints,
+                    request_deserializer=loyalty_dot_v1_dot_wallet__pb2.RedeemPointsRequest.FromString,
+                    response_serializer=loyalty_dot_v1_dot_wallet__pb2.RedeemPointsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1271,6 +1309,60 @@ class WalletService:
             '/loyalty.v1.WalletService/WatchExpirations',
             loyalty_dot_v1_dot_expiry__pb2.WatchExpirationsRequest.SerializeToString,
             loyalty_dot_v1_dot_expiry__pb2.WatchExpirationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QuoteRedemption(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.v1.WalletService/QuoteRedemption',
+            loyalty_dot_v1_dot_wallet__pb2.QuoteRedemptionRequest.SerializeToString,
+            loyalty_dot_v1_dot_wallet__pb2.QuoteRedemptionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RedeemPoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.v1.WalletService/RedeemPoints',
+            loyalty_dot_v1_dot_wallet__pb2.RedeemPointsRequest.SerializeToString,
+            loyalty_dot_v1_dot_wallet__pb2.RedeemPointsResponse.FromString,
             options,
             channel_credentials,
             insecure,

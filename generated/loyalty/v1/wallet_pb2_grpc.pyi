@@ -122,6 +122,16 @@ class WalletServiceStub:
     heartbeats during silence. A subscriber too slow for its bounded buffer is ended with
     RESOURCE_EXHAUSTED and resumes from its last sequence.
     """
+    QuoteRedemption: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.QuoteRedemptionRequest, _wallet_pb2.QuoteRedemptionResponse]
+    """How many points a basket can use ("pay part with points"): the most that is available,
+    eligible at this merchant for these products, and useful for the basket's amount, with
+    what they are worth. Needs the scheme's redemption rate for the asset and currency.
+    """
+    RedeemPoints: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.RedeemPointsRequest, _wallet_pb2.RedeemPointsResponse]
+    """Spends points for a money value: the points the value costs at the scheme's rate
+    (rounded up) are spent as by Spend, and the SPEND entry records both (metadata
+    `redeemed_value` and `redeemed_currency`). Idempotent by `request_id`.
+    """
 
 @_typing.type_check_only
 class WalletServiceAsyncStub(WalletServiceStub):
@@ -215,6 +225,16 @@ class WalletServiceAsyncStub(WalletServiceStub):
     stored ones after `after_sequence`, then live ones as they commit, at least once, with
     heartbeats during silence. A subscriber too slow for its bounded buffer is ended with
     RESOURCE_EXHAUSTED and resumes from its last sequence.
+    """
+    QuoteRedemption: _aio.UnaryUnaryMultiCallable[_wallet_pb2.QuoteRedemptionRequest, _wallet_pb2.QuoteRedemptionResponse]  # type: ignore[assignment]
+    """How many points a basket can use ("pay part with points"): the most that is available,
+    eligible at this merchant for these products, and useful for the basket's amount, with
+    what they are worth. Needs the scheme's redemption rate for the asset and currency.
+    """
+    RedeemPoints: _aio.UnaryUnaryMultiCallable[_wallet_pb2.RedeemPointsRequest, _wallet_pb2.RedeemPointsResponse]  # type: ignore[assignment]
+    """Spends points for a money value: the points the value costs at the scheme's rate
+    (rounded up) are spent as by Spend, and the SPEND entry records both (metadata
+    `redeemed_value` and `redeemed_currency`). Idempotent by `request_id`.
     """
 
 class WalletServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -468,6 +488,28 @@ class WalletServiceServicer(metaclass=_abc_1.ABCMeta):
         stored ones after `after_sequence`, then live ones as they commit, at least once, with
         heartbeats during silence. A subscriber too slow for its bounded buffer is ended with
         RESOURCE_EXHAUSTED and resumes from its last sequence.
+        """
+
+    @_abc_1.abstractmethod
+    def QuoteRedemption(
+        self,
+        request: _wallet_pb2.QuoteRedemptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_wallet_pb2.QuoteRedemptionResponse, _abc.Awaitable[_wallet_pb2.QuoteRedemptionResponse]]:
+        """How many points a basket can use ("pay part with points"): the most that is available,
+        eligible at this merchant for these products, and useful for the basket's amount, with
+        what they are worth. Needs the scheme's redemption rate for the asset and currency.
+        """
+
+    @_abc_1.abstractmethod
+    def RedeemPoints(
+        self,
+        request: _wallet_pb2.RedeemPointsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_wallet_pb2.RedeemPointsResponse, _abc.Awaitable[_wallet_pb2.RedeemPointsResponse]]:
+        """Spends points for a money value: the points the value costs at the scheme's rate
+        (rounded up) are spent as by Spend, and the SPEND entry records both (metadata
+        `redeemed_value` and `redeemed_currency`). Idempotent by `request_id`.
         """
 
 def add_WalletServiceServicer_to_server(servicer: WalletServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

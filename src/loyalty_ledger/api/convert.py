@@ -147,6 +147,10 @@ def scheme_to_proto(scheme: SchemeRecord) -> offer_pb2.Scheme:
     out.refund_policy.grace_period.FromSeconds(scheme.refund_grace_seconds)
     for seconds in sorted(scheme.warning_lead_seconds, reverse=True):
         out.warning_lead_times.add().FromSeconds(seconds)
+    out.redemption_rates.extend(
+        offer_pb2.RedemptionRate(asset=r.asset, points=r.points, currency=r.currency, value=r.value)
+        for r in scheme.redemption_rates
+    )
     return out
 
 

@@ -22,6 +22,7 @@ from loyalty_ledger.api.validation import Checks
 from loyalty_ledger.domain import rewards
 from loyalty_ledger.domain.errors import FailedPrecondition, InvalidArgument, LedgerError
 from loyalty_ledger.domain.expiry import Never
+from loyalty_ledger.domain.redemption import RedemptionRate
 from loyalty_ledger.domain.timeutil import to_us
 from loyalty_ledger.ledger import offers as offer_store
 from loyalty_ledger.ledger import rewarding
@@ -60,6 +61,7 @@ UPDATABLE_PATHS = frozenset(
         "refund_policy",
         "cash_expiry_allowed",
         "warning_lead_times",
+        "redemption_rates",
     }
 )
 
@@ -116,6 +118,24 @@ def scheme_spec(checks: Checks, scheme: offer_pb2.Scheme, path: str = "scheme") 
             if lead_us % 1_000_000 or lead_us // 1_000_000 in leads:
                 checks.fail(f"{path}.warning_lead_times[{i}]", "whole seconds, each listed once")
             leads.append(lead_us // 1_000_000)
+    rates: list[RedemptionRate] = []
+    if len(scheme.redemption_rates) > limits.REDEMPTION_RATES_MAX:
+        checks.fail(f"{path}.redemption_rates", f"at most {limits.REDEMPTION_RATES_MAX}")
+    for i, rate in enumerate(scheme.redemption_rates[: limits.REDEMPTION_RATES_MAX]):
+        rate_path = f"{path}.redemption_rates[{i}]"
+        for name in ("asset", "currency"):
+            code = getattr(rate, name)
+            checks.asset(f"{rate_path}.{name}", code)
+            if code and code not in assets:
+                checks.fail(f"{rate_path}.{name}", f"{code} is not one of the scheme's assets")
+        checks.amount(f"{rate_path}.points", rate.points)
+        checks.amount(f"{rate_path}.value", rate.value)
+        if rate.asset == rate.currency:
+            checks.fail(f"{rate_path}.currency", "must differ from asset")
+        if any((r.asset, r.currency) == (rate.asset, rate.currency) for r in rates):
+            checks.fail(rate_path, f"{rate.asset} in {rate.currency} is listed twice")
+        if rate.points > 0 and rate.value > 0:
+            rates.append(RedemptionRate(rate.asset, rate.points, rate.currency, rate.value))
     return SchemeSpec(
         name=scheme.name,
         assets=assets,
@@ -125,6 +145,7 @@ def scheme_spec(checks: Checks, scheme: offer_pb2.Scheme, path: str = "scheme") 
         refund_grace_seconds=grace_seconds,
         cash_expiry_allowed=scheme.cash_expiry_allowed,
         warning_lead_seconds=tuple(sorted(leads)),
+        redemption_rates=tuple(rates),
     )
 
 
@@ -135,7 +156,7 @@ def merged_scheme(
     merged = convert.scheme_to_proto(current)
     for path in paths:
         merged.ClearField(path)  # type: ignore[arg-type]
-        if path in ("assets", "warning_lead_times"):
+        if path in ("assets", "warning_lead_times", "redemption_rates"):
             getattr(merged, path).extend(getattr(update, path))
         elif path in ("default_expiry_policy", "refund_policy"):
             getattr(merged, path).CopyFrom(getattr(update, path))

@@ -15,6 +15,7 @@ from loyalty_ledger.api.expiry_rpcs import ExpiryRpcs
 from loyalty_ledger.api.mutate import mutate
 from loyalty_ledger.api.validation import Checks
 from loyalty_ledger.api.watch import watch_expirations
+from loyalty_ledger.domain.spend_order import SpendContext
 from loyalty_ledger.events.hub import ExpirationHub
 from loyalty_ledger.jobs.runner import Runner
 from loyalty_ledger.ledger.engine import CreditCommand, DebitCommand, Tx
@@ -359,6 +360,67 @@ class WalletServicer(ExpiryRpcs, wallet_pb2_grpc.WalletServiceServicer):
             )
 
         return await mutate(self.ledger, "Spend", request, wallet_pb2.SpendResponse, op)
+
+    @rpc_errors
+    async def QuoteRedemption(
+        self, request: wallet_pb2.QuoteRedemptionRequest, context: Ctx
+    ) -> wallet_pb2.QuoteRedemptionResponse:
+        checks = Checks()
+        checks.resource_id("wallet_id", request.wallet_id)
+        checks.asset("asset", request.asset)
+        checks.asset("currency", request.currency)
+        checks.amount("amount", request.amount, allow_zero=True)
+        checks.resource_id("merchant_id", request.merchant_id)
+        checks.ids("product_ids", request.product_ids)
+        checks.done()
+
+        async def read(r: Reader) -> wallet_pb2.QuoteRedemptionResponse:
+            ctx = SpendContext(request.merchant_id, frozenset(request.product_ids), r.now_us)
+            found, available, rate = await r.quote_redemption(
+                request.wallet_id, request.asset, request.currency, request.amount, ctx
+            )
+            return wallet_pb2.QuoteRedemptionResponse(
+                points=found.points,
+                value=found.value,
+                available_points=available,
+                rate_points=rate.points,
+                rate_value=rate.value,
+            )
+
+        return await self.ledger.read(read)
+
+    @rpc_errors
+    async def RedeemPoints(
+        self, request: wallet_pb2.RedeemPointsRequest, context: Ctx
+    ) -> wallet_pb2.RedeemPointsResponse:
+        checks = Checks()
+        checks.request_id(request.request_id)
+        checks.resource_id("wallet_id", request.wallet_id)
+        checks.asset("asset", request.asset)
+        checks.asset("currency", request.currency)
+        checks.amount("value", request.value)
+        checks.resource_id("merchant_id", request.merchant_id)
+        checks.ids("product_ids", request.product_ids)
+        checks.text("reference", request.reference, max_chars=limits.REFERENCE_CHARS_MAX)
+        checks.done()
+        command = DebitCommand(
+            wallet_id=request.wallet_id,
+            asset=request.asset,
+            amount=0,  # the points the value costs, worked out under the wallet lock
+            merchant_id=request.merchant_id,
+            product_ids=tuple(request.product_ids),
+            reference=request.reference,
+        )
+
+        async def op(tx: Tx) -> wallet_pb2.RedeemPointsResponse:
+            txn, points = await tx.redeem_points(command, request.currency, request.value)
+            return wallet_pb2.RedeemPointsResponse(
+                transaction=convert.transaction_to_proto(txn), points=points, value=request.value
+            )
+
+        return await mutate(
+            self.ledger, "RedeemPoints", request, wallet_pb2.RedeemPointsResponse, op
+        )
 
     @rpc_errors
     async def AuthorizeHold(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -40,6 +40,7 @@ from loyalty_ledger.domain.expiry import (
     compute_expire_time,
     policy_to_dict,
 )
+from loyalty_ledger.domain.redemption import RedemptionRate
 from loyalty_ledger.domain.spend_order import (
     Funding,
     SpendContext,
@@ -59,7 +60,7 @@ from loyalty_ledger.ledger.outbox import (
     event_row,
     expiration_row,
 )
-from loyalty_ledger.ledger.reads import Reader
+from loyalty_ledger.ledger.reads import Reader, rate_for
 from loyalty_ledger.ledger.records import (
     AllocationRecord,
     HoldRecord,
@@ -130,6 +131,7 @@ class SchemeSpec:
     refund_grace_seconds: int
     cash_expiry_allowed: bool
     warning_lead_seconds: tuple[int, ...] = ()
+    redemption_rates: tuple[RedemptionRate, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -497,6 +499,9 @@ class PostingTx(Reader):
             "refund_grace_seconds": spec.refund_grace_seconds,
             "cash_expiry_allowed": spec.cash_expiry_allowed,
             "warning_lead_seconds": json.dumps(sorted(spec.warning_lead_seconds)),
+            "redemption_rates": json.dumps(
+                [[r.asset, r.points, r.currency, r.value] for r in spec.redemption_rates]
+            ),
             "updated_at_us": self.now_us,
         }
 
@@ -949,6 +954,16 @@ class PostingTx(Reader):
         )
         await self._save_lots(lots[lot_id] for lot_id, _ in plan)
         return await self._record(journal), total
+
+    async def redeem_points(
+        self, cmd: DebitCommand, currency: str, value: int
+    ) -> tuple[TransactionRecord, int]:
+        """Spend the points `value` costs at the scheme's rate; the entry records both."""
+        wallet = await self._lock_wallet(cmd.wallet_id)
+        rate = rate_for(await self.get_scheme(wallet.scheme_id), cmd.asset, currency)
+        points = rate.points_for(value)
+        metadata = {"redeemed_value": str(value), "redeemed_currency": currency}
+        return await self.spend(replace(cmd, amount=points, metadata=cmd.metadata | metadata))
 
     async def authorize_hold(
         self, cmd: DebitCommand, ttl_us: int

@@ -9,7 +9,9 @@ from typing import Any
 from sqlalchemy import case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from loyalty_ledger.domain.errors import NotFound
+from loyalty_ledger.domain.errors import InvalidArgument, NotFound
+from loyalty_ledger.domain.redemption import Quote, RedemptionRate, quote, require_rate
+from loyalty_ledger.domain.spend_order import SpendContext, eligible_available
 from loyalty_ledger.ledger import tables as t
 from loyalty_ledger.ledger.paging import after_key, decode_token, encode_token
 from loyalty_ledger.ledger.records import (
@@ -42,6 +44,14 @@ def _lot_order_columns() -> list[Any]:
         t.lots.c.created_at_us,
         t.lots.c.id,
     ]
+
+
+def rate_for(scheme: SchemeRecord, asset: str, currency: str) -> RedemptionRate:
+    """The scheme's rate for `asset` in `currency` (both must be its assets)."""
+    for field_path, code in (("asset", asset), ("currency", currency)):
+        if code not in scheme.assets:
+            raise InvalidArgument.single(field_path, f"{code!r} is not an asset of {scheme.id}")
+    return require_rate(scheme.id, scheme.redemption_rates, asset, currency)
 
 
 class Reader:
@@ -117,6 +127,18 @@ class Reader:
         rows = list(await self.conn.execute(query))
         items = [WalletRecord.from_row(r) for r in rows[:size]]
         return Page(items, self._next(rows, size, "wallets", lambda r: [r.created_at_us, r.id]))
+
+    # -- redemption ------------------------------------------------------------------------
+
+    async def quote_redemption(
+        self, wallet_id: str, asset: str, currency: str, amount: int, ctx: SpendContext
+    ) -> tuple[Quote, int, RedemptionRate]:
+        """How many eligible points a basket of `amount` can use, and the points available."""
+        wallet = await self.get_wallet(wallet_id)
+        rate = rate_for(await self.get_scheme(wallet.scheme_id), asset, currency)
+        lots = await self.open_lots(wallet.id, asset)
+        available = eligible_available([lot.view() for lot in lots], ctx)
+        return quote(rate, available, amount), available, rate
 
     # -- lots and balances ---------------------------------------------------------------
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from loyalty_ledger.domain.expiry import ExpiryPolicy, policy_from_dict
+from loyalty_ledger.domain.redemption import RedemptionRate
 from loyalty_ledger.domain.spend_order import Funding, LotView
 
 T = TypeVar("T")
@@ -66,6 +67,7 @@ class SchemeRecord:
     warning_lead_seconds: list[int]
     created_at_us: int
     updated_at_us: int
+    redemption_rates: list[RedemptionRate] = field(default_factory=list)
 
     @classmethod
     def from_row(cls, row: Any, assets: dict[str, int]) -> SchemeRecord:
@@ -81,6 +83,7 @@ class SchemeRecord:
             warning_lead_seconds=json.loads(row.warning_lead_seconds),
             created_at_us=row.created_at_us,
             updated_at_us=row.updated_at_us,
+            redemption_rates=[RedemptionRate(*r) for r in json.loads(row.redemption_rates)],
         )
 
 

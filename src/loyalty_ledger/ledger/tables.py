@@ -51,6 +51,8 @@ schemes = Table(
     Column("warning_lead_seconds", Text, nullable=False, server_default="[]"),  # JSON list
     Column("created_at_us", Us, nullable=False),
     Column("updated_at_us", Us, nullable=False),
+    # JSON list of [asset, points, currency, value], see domain.redemption
+    Column("redemption_rates", Text, nullable=False, server_default="[]"),
     Index(None, "created_at_us", "id"),
 )
 
