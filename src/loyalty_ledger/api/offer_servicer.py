@@ -244,13 +244,13 @@ class OfferServicer(offer_pb2_grpc.OfferServiceServicer):
 
     # -- offers ------------------------------------------------------------------------------
 
-    async def _valid_offer(self, tx: Tx, offer: rewards_pb2.Offer, path: str = "offer") -> str:
-        """Validate an offer against its scheme; return its stored definition."""
+    async def _valid_offer(self, tx: Tx, offer: rewards_pb2.Offer) -> tuple[str, int | None]:
+        """Validate an offer against its scheme; return its stored definition and budget."""
         scheme = await tx.get_scheme(offer.scheme_id)
         checks = Checks()
-        offer_rules.validated(checks, offer, scheme, path)
+        offer_rules.validated(checks, offer, scheme, "offer")
         checks.done()
-        return definition_json(offer)
+        return definition_json(offer), offer.budget if offer.HasField("budget") else None
 
     @rpc_errors
     async def CreateOffer(
@@ -262,8 +262,7 @@ class OfferServicer(offer_pb2_grpc.OfferServiceServicer):
         checks.done()
 
         async def op(tx: Tx) -> offer_pb2.CreateOfferResponse:
-            definition = await self._valid_offer(tx, request.offer)
-            budget = request.offer.budget if request.offer.HasField("budget") else None
+            definition, budget = await self._valid_offer(tx, request.offer)
             record = await offer_store.create_offer(
                 tx.conn, request.offer.scheme_id, definition, budget, tx.now_us
             )
@@ -325,8 +324,7 @@ class OfferServicer(offer_pb2_grpc.OfferServiceServicer):
             current = await offer_store.find_offer(tx.conn, request.offer.offer_id, lock=True)
             merged = offer_to_proto(current)
             _take_fields(merged, request.offer, paths)
-            definition = await self._valid_offer(tx, merged)
-            budget = merged.budget if merged.HasField("budget") else None
+            definition, budget = await self._valid_offer(tx, merged)
             record = await offer_store.update_offer(
                 tx.conn, current.id, definition, budget, request.reason, tx.now_us
             )
@@ -349,8 +347,7 @@ class OfferServicer(offer_pb2_grpc.OfferServiceServicer):
             copy = offer_to_proto(source)
             if request.name:
                 copy.name = request.name
-            definition = await self._valid_offer(tx, copy)
-            budget = copy.budget if copy.HasField("budget") else None
+            definition, budget = await self._valid_offer(tx, copy)
             record = await offer_store.create_offer(
                 tx.conn,
                 source.scheme_id,
