@@ -1239,3 +1239,217 @@ class ReverseEventResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReverseEventResponse: _TypeAlias = ReverseEventResponse  # noqa: Y015
+
+@_typing.final
+class PromotionCodeBatch(_message.Message):
+    """A batch of promotion codes and the award each redemption credits."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_ID_FIELD_NUMBER: _builtins.int
+    SCHEME_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ASSET_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    SPONSOR_ID_FIELD_NUMBER: _builtins.int
+    EXPIRY_POLICY_FIELD_NUMBER: _builtins.int
+    MAX_REDEMPTIONS_PER_CODE_FIELD_NUMBER: _builtins.int
+    MAX_REDEMPTIONS_PER_WALLET_FIELD_NUMBER: _builtins.int
+    VALID_FROM_FIELD_NUMBER: _builtins.int
+    VALID_UNTIL_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    batch_id: _builtins.str
+    """Server-generated identifier ("pcb_..."). Output only."""
+    scheme_id: _builtins.str
+    """The scheme the codes belong to."""
+    name: _builtins.str
+    """Human-readable name, 1-200 characters."""
+    asset: _builtins.str
+    """The asset credited, one of the scheme's assets."""
+    amount: _builtins.int
+    """The amount each redemption credits, in minor units, 1 or more."""
+    sponsor_id: _builtins.str
+    """The merchant funding the value; empty means "operator"."""
+    max_redemptions_per_code: _builtins.int
+    """Redemptions each code allows in all: 1 for single-use codes (the default when unset)."""
+    max_redemptions_per_wallet: _builtins.int
+    """Redemptions of one code by one wallet: default 1."""
+    @_builtins.property
+    def expiry_policy(self) -> _common_pb2.ExpiryPolicy:
+        """Expiry of the credited lots; unset means the scheme's default."""
+
+    @_builtins.property
+    def valid_from(self) -> _timestamp_pb2.Timestamp:
+        """Codes can be redeemed from this instant on."""
+
+    @_builtins.property
+    def valid_until(self) -> _timestamp_pb2.Timestamp:
+        """Codes cannot be redeemed from this instant on."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """Output only. When it was created."""
+
+    def __init__(
+        self,
+        *,
+        batch_id: _builtins.str = ...,
+        scheme_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        asset: _builtins.str = ...,
+        amount: _builtins.int = ...,
+        sponsor_id: _builtins.str = ...,
+        expiry_policy: _common_pb2.ExpiryPolicy | None = ...,
+        max_redemptions_per_code: _builtins.int = ...,
+        max_redemptions_per_wallet: _builtins.int = ...,
+        valid_from: _timestamp_pb2.Timestamp | None = ...,
+        valid_until: _timestamp_pb2.Timestamp | None = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expiry_policy", b"expiry_policy", "valid_from", b"valid_from", "valid_until", b"valid_until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "asset", b"asset", "batch_id", b"batch_id", "create_time", b"create_time", "expiry_policy", b"expiry_policy", "max_redemptions_per_code", b"max_redemptions_per_code", "max_redemptions_per_wallet", b"max_redemptions_per_wallet", "name", b"name", "scheme_id", b"scheme_id", "sponsor_id", b"sponsor_id", "valid_from", b"valid_from", "valid_until", b"valid_until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PromotionCodeBatch: _TypeAlias = PromotionCodeBatch  # noqa: Y015
+
+@_typing.final
+class CreatePromotionCodesRequest(_message.Message):
+    """Request of CreatePromotionCodes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
+    CODES_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Idempotency key, 1-64 characters."""
+    count: _builtins.int
+    """How many codes to generate (1 to 10000), 12 characters each, without look-alikes."""
+    @_builtins.property
+    def batch(self) -> Global___PromotionCodeBatch:
+        """The batch. Output-only fields are ignored."""
+
+    @_builtins.property
+    def codes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The codes to create (4-32 characters of A-Z and 0-9; unique in the scheme). Either these
+        or `count`.
+        """
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        batch: Global___PromotionCodeBatch | None = ...,
+        codes: _abc.Iterable[_builtins.str] | None = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "codes", b"codes", "count", b"count", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreatePromotionCodesRequest: _TypeAlias = CreatePromotionCodesRequest  # noqa: Y015
+
+@_typing.final
+class CreatePromotionCodesResponse(_message.Message):
+    """Response of CreatePromotionCodes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_FIELD_NUMBER: _builtins.int
+    CODES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def batch(self) -> Global___PromotionCodeBatch:
+        """The batch."""
+
+    @_builtins.property
+    def codes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Its codes."""
+
+    def __init__(
+        self,
+        *,
+        batch: Global___PromotionCodeBatch | None = ...,
+        codes: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "codes", b"codes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreatePromotionCodesResponse: _TypeAlias = CreatePromotionCodesResponse  # noqa: Y015
+
+@_typing.final
+class RedeemPromotionCodeRequest(_message.Message):
+    """Request of RedeemPromotionCode."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    WALLET_ID_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Idempotency key, 1-64 characters."""
+    wallet_id: _builtins.str
+    """The wallet credited. It must be ACTIVE."""
+    code: _builtins.str
+    """The code, as the customer typed it (case and surrounding spaces are ignored)."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        wallet_id: _builtins.str = ...,
+        code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "request_id", b"request_id", "wallet_id", b"wallet_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedeemPromotionCodeRequest: _TypeAlias = RedeemPromotionCodeRequest  # noqa: Y015
+
+@_typing.final
+class RedeemPromotionCodeResponse(_message.Message):
+    """Response of RedeemPromotionCode."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_ID_FIELD_NUMBER: _builtins.int
+    TRANSACTION_ID_FIELD_NUMBER: _builtins.int
+    LOT_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    batch_id: _builtins.str
+    """The batch the code belongs to."""
+    transaction_id: _builtins.str
+    """The AWARD entry."""
+    lot_id: _builtins.str
+    """The credited lot."""
+    amount: _builtins.int
+    """The amount credited."""
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the credited value expires; unset if never."""
+
+    def __init__(
+        self,
+        *,
+        batch_id: _builtins.str = ...,
+        transaction_id: _builtins.str = ...,
+        lot_id: _builtins.str = ...,
+        amount: _builtins.int = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "batch_id", b"batch_id", "expire_time", b"expire_time", "lot_id", b"lot_id", "transaction_id", b"transaction_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedeemPromotionCodeResponse: _TypeAlias = RedeemPromotionCodeResponse  # noqa: Y015

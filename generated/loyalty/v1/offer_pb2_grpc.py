@@ -111,6 +111,16 @@ class OfferServiceStub:
                 request_serializer=loyalty_dot_v1_dot_offer__pb2.ReverseEventRequest.SerializeToString,
                 response_deserializer=loyalty_dot_v1_dot_offer__pb2.ReverseEventResponse.FromString,
                 _registered_method=True)
+        self.CreatePromotionCodes = channel.unary_unary(
+                '/loyalty.v1.OfferService/CreatePromotionCodes',
+                request_serializer=loyalty_dot_v1_dot_offer__pb2.CreatePromotionCodesRequest.SerializeToString,
+                response_deserializer=loyalty_dot_v1_dot_offer__pb2.CreatePromotionCodesResponse.FromString,
+                _registered_method=True)
+        self.RedeemPromotionCode = channel.unary_unary(
+                '/loyalty.v1.OfferService/RedeemPromotionCode',
+                request_serializer=loyalty_dot_v1_dot_offer__pb2.RedeemPromotionCodeRequest.SerializeToString,
+                response_deserializer=loyalty_dot_v1_dot_offer__pb2.RedeemPromotionCodeResponse.FromString,
+                _registered_method=True)
 
 
 class OfferServiceServicer:
@@ -236,6 +246,23 @@ class OfferServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreatePromotionCodes(self, request, context):
+        """Creates a batch of promotion codes: given codes, or `count` generated ones. Idempotent by
+        `request_id`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RedeemPromotionCode(self, request, context):
+        """Redeems a code for a wallet: credits the batch's award as an expiring promotional lot.
+        Each code has a limit of redemptions in all and per wallet, and a validity window; under
+        concurrent redemptions the limits hold exactly. Idempotent by `request_id`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OfferServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -313,6 +340,16 @@ def add_OfferServiceServicer_to_server(servicer, server):
                     servicer.ReverseEvent,
                     request_deserializer=loyalty_dot_v1_dot_offer__pb2.ReverseEventRequest.FromString,
                     response_serializer=loyalty_dot_v1_dot_offer__pb2.ReverseEventResponse.SerializeToString,
+            ),
+            'CreatePromotionCodes': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreatePromotionCodes,
+                    request_deserializer=loyalty_dot_v1_dot_offer__pb2.CreatePromotionCodesRequest.FromString,
+                    response_serializer=loyalty_dot_v1_dot_offer__pb2.CreatePromotionCodesResponse.SerializeToString,
+            ),
+            'RedeemPromotionCode': grpc.unary_unary_rpc_method_handler(
+                    servicer.RedeemPromotionCode,
+                    request_deserializer=loyalty_dot_v1_dot_offer__pb2.RedeemPromotionCodeRequest.FromString,
+                    response_serializer=loyalty_dot_v1_dot_offer__pb2.RedeemPromotionCodeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -722,6 +759,60 @@ class OfferService:
             '/loyalty.v1.OfferService/ReverseEvent',
             loyalty_dot_v1_dot_offer__pb2.ReverseEventRequest.SerializeToString,
             loyalty_dot_v1_dot_offer__pb2.ReverseEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreatePromotionCodes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.v1.OfferService/CreatePromotionCodes',
+            loyalty_dot_v1_dot_offer__pb2.CreatePromotionCodesRequest.SerializeToString,
+            loyalty_dot_v1_dot_offer__pb2.CreatePromotionCodesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RedeemPromotionCode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.v1.OfferService/RedeemPromotionCode',
+            loyalty_dot_v1_dot_offer__pb2.RedeemPromotionCodeRequest.SerializeToString,
+            loyalty_dot_v1_dot_offer__pb2.RedeemPromotionCodeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -85,6 +85,15 @@ class OfferServiceStub:
     from the merchant to the sponsor. Reversed value returns to the offer's budget.
     Idempotent by `request_id`.
     """
+    CreatePromotionCodes: _grpc.UnaryUnaryMultiCallable[_offer_pb2.CreatePromotionCodesRequest, _offer_pb2.CreatePromotionCodesResponse]
+    """Creates a batch of promotion codes: given codes, or `count` generated ones. Idempotent by
+    `request_id`.
+    """
+    RedeemPromotionCode: _grpc.UnaryUnaryMultiCallable[_offer_pb2.RedeemPromotionCodeRequest, _offer_pb2.RedeemPromotionCodeResponse]
+    """Redeems a code for a wallet: credits the batch's award as an expiring promotional lot.
+    Each code has a limit of redemptions in all and per wallet, and a validity window; under
+    concurrent redemptions the limits hold exactly. Idempotent by `request_id`.
+    """
 
 @_typing.type_check_only
 class OfferServiceAsyncStub(OfferServiceStub):
@@ -142,6 +151,15 @@ class OfferServiceAsyncStub(OfferServiceStub):
     driving a balance negative; what was already spent is reported); INSTANT discounts go back
     from the merchant to the sponsor. Reversed value returns to the offer's budget.
     Idempotent by `request_id`.
+    """
+    CreatePromotionCodes: _aio.UnaryUnaryMultiCallable[_offer_pb2.CreatePromotionCodesRequest, _offer_pb2.CreatePromotionCodesResponse]  # type: ignore[assignment]
+    """Creates a batch of promotion codes: given codes, or `count` generated ones. Idempotent by
+    `request_id`.
+    """
+    RedeemPromotionCode: _aio.UnaryUnaryMultiCallable[_offer_pb2.RedeemPromotionCodeRequest, _offer_pb2.RedeemPromotionCodeResponse]  # type: ignore[assignment]
+    """Redeems a code for a wallet: credits the batch's award as an expiring promotional lot.
+    Each code has a limit of redemptions in all and per wallet, and a validity window; under
+    concurrent redemptions the limits hold exactly. Idempotent by `request_id`.
     """
 
 class OfferServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -287,6 +305,27 @@ class OfferServiceServicer(metaclass=_abc_1.ABCMeta):
         driving a balance negative; what was already spent is reported); INSTANT discounts go back
         from the merchant to the sponsor. Reversed value returns to the offer's budget.
         Idempotent by `request_id`.
+        """
+
+    @_abc_1.abstractmethod
+    def CreatePromotionCodes(
+        self,
+        request: _offer_pb2.CreatePromotionCodesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_offer_pb2.CreatePromotionCodesResponse, _abc.Awaitable[_offer_pb2.CreatePromotionCodesResponse]]:
+        """Creates a batch of promotion codes: given codes, or `count` generated ones. Idempotent by
+        `request_id`.
+        """
+
+    @_abc_1.abstractmethod
+    def RedeemPromotionCode(
+        self,
+        request: _offer_pb2.RedeemPromotionCodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_offer_pb2.RedeemPromotionCodeResponse, _abc.Awaitable[_offer_pb2.RedeemPromotionCodeResponse]]:
+        """Redeems a code for a wallet: credits the batch's award as an expiring promotional lot.
+        Each code has a limit of redemptions in all and per wallet, and a validity window; under
+        concurrent redemptions the limits hold exactly. Idempotent by `request_id`.
         """
 
 def add_OfferServiceServicer_to_server(servicer: OfferServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

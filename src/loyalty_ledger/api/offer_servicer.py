@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TypeAlias
 
 import grpc
@@ -25,7 +26,7 @@ from loyalty_ledger.domain.expiry import Never
 from loyalty_ledger.domain.redemption import RedemptionRate
 from loyalty_ledger.domain.timeutil import to_us
 from loyalty_ledger.ledger import offers as offer_store
-from loyalty_ledger.ledger import rewarding
+from loyalty_ledger.ledger import promotions, rewarding
 from loyalty_ledger.ledger.engine import SchemeSpec, Tx
 from loyalty_ledger.ledger.ids import new_id
 from loyalty_ledger.ledger.paging import page_size
@@ -533,6 +534,133 @@ class OfferServicer(offer_pb2_grpc.OfferServiceServicer):
             awards=[_award_to_proto(p) for p in posted],
             instant_discount=sum(p.award.amount for p in posted if p.award.instant),
         )
+
+    # -- promotion codes -------------------------------------------------------------------
+
+    @rpc_errors
+    async def CreatePromotionCodes(
+        self, request: offer_pb2.CreatePromotionCodesRequest, context: Ctx
+    ) -> offer_pb2.CreatePromotionCodesResponse:
+        checks = Checks()
+        checks.request_id(request.request_id)
+        batch = request.batch
+        checks.resource_id("batch.scheme_id", batch.scheme_id)
+        checks.text("batch.name", batch.name, max_chars=limits.NAME_CHARS_MAX, required=True)
+        checks.asset("batch.asset", batch.asset)
+        checks.amount("batch.amount", batch.amount)
+        if batch.sponsor_id:
+            checks.resource_id("batch.sponsor_id", batch.sponsor_id)
+        policy = None
+        if batch.HasField("expiry_policy") and batch.expiry_policy.WhichOneof("rule"):
+            policy = convert.policy_from_proto(checks, "batch.expiry_policy", batch.expiry_policy)
+        for name in ("max_redemptions_per_code", "max_redemptions_per_wallet"):
+            if getattr(batch, name) < 0:
+                checks.fail(f"batch.{name}", "must be 1 or more (0: the default, 1)")
+        start = (
+            checks.timestamp("batch.valid_from", batch.valid_from)
+            if batch.HasField("valid_from")
+            else None
+        )
+        end = (
+            checks.timestamp("batch.valid_until", batch.valid_until)
+            if batch.HasField("valid_until")
+            else None
+        )
+        if start is not None and end is not None and end <= start:
+            checks.fail("batch.valid_until", "must be after valid_from")
+        codes = [promotions.normalize(c) for c in request.codes]
+        if bool(codes) == bool(request.count):
+            checks.fail("codes", "give codes or a count, not both")
+        if len(codes) > limits.PROMOTION_CODES_MAX or not 0 <= request.count <= (
+            limits.PROMOTION_CODES_MAX
+        ):
+            checks.fail("count", f"at most {limits.PROMOTION_CODES_MAX} codes a batch")
+        for i, code in enumerate(codes[: limits.PROMOTION_CODES_MAX]):
+            if not _CODE.match(code):
+                checks.fail(f"codes[{i}]", "4-32 characters of A-Z and 0-9")
+        if len(set(codes)) != len(codes):
+            checks.fail("codes", "each code once")
+        checks.done()
+        spec = promotions.BatchSpec(
+            name=batch.name,
+            asset=batch.asset,
+            amount=batch.amount,
+            sponsor_id=batch.sponsor_id,
+            expiry_policy=policy,
+            max_per_code=batch.max_redemptions_per_code or 1,
+            max_per_wallet=batch.max_redemptions_per_wallet or 1,
+            valid_from_us=start,
+            valid_until_us=end,
+        )
+
+        async def op(tx: Tx) -> offer_pb2.CreatePromotionCodesResponse:
+            record, created = await promotions.create_batch(
+                tx, batch.scheme_id, spec, codes or promotions.generate_codes(request.count)
+            )
+            return offer_pb2.CreatePromotionCodesResponse(
+                batch=_batch_to_proto(record), codes=created
+            )
+
+        return await mutate(
+            self.ledger,
+            "CreatePromotionCodes",
+            request,
+            offer_pb2.CreatePromotionCodesResponse,
+            op,
+        )
+
+    @rpc_errors
+    async def RedeemPromotionCode(
+        self, request: offer_pb2.RedeemPromotionCodeRequest, context: Ctx
+    ) -> offer_pb2.RedeemPromotionCodeResponse:
+        checks = Checks()
+        checks.request_id(request.request_id)
+        checks.resource_id("wallet_id", request.wallet_id)
+        if not _CODE.match(promotions.normalize(request.code)):
+            checks.fail("code", "4-32 characters of A-Z and 0-9")
+        checks.done()
+
+        async def op(tx: Tx) -> offer_pb2.RedeemPromotionCodeResponse:
+            batch, txn, lot = await promotions.redeem(tx, request.wallet_id, request.code)
+            response = offer_pb2.RedeemPromotionCodeResponse(
+                batch_id=batch.id, transaction_id=txn.id, lot_id=lot.id, amount=lot.amount
+            )
+            if lot.expires_at_us is not None:
+                response.expire_time.CopyFrom(convert.timestamp(lot.expires_at_us))
+            return response
+
+        return await mutate(
+            self.ledger,
+            "RedeemPromotionCode",
+            request,
+            offer_pb2.RedeemPromotionCodeResponse,
+            op,
+        )
+
+
+_CODE = re.compile(r"^[A-Z0-9]{4,32}$")
+
+
+def _batch_to_proto(record: promotions.BatchRecord) -> offer_pb2.PromotionCodeBatch:
+    spec = record.spec
+    out = offer_pb2.PromotionCodeBatch(
+        batch_id=record.id,
+        scheme_id=record.scheme_id,
+        name=spec.name,
+        asset=spec.asset,
+        amount=spec.amount,
+        sponsor_id=spec.sponsor_id,
+        max_redemptions_per_code=spec.max_per_code,
+        max_redemptions_per_wallet=spec.max_per_wallet,
+        create_time=convert.timestamp(record.created_at_us),
+    )
+    if spec.expiry_policy is not None:
+        out.expiry_policy.CopyFrom(convert.policy_to_proto(spec.expiry_policy))
+    if spec.valid_from_us is not None:
+        out.valid_from.CopyFrom(convert.timestamp(spec.valid_from_us))
+    if spec.valid_until_us is not None:
+        out.valid_until.CopyFrom(convert.timestamp(spec.valid_until_us))
+    return out
 
 
 def _decode(

@@ -57,7 +57,8 @@ class NotFound(LedgerError):
     reason = "NOT_FOUND"
 
     def __init__(self, kind: str, resource_id: str) -> None:
-        super().__init__(f"{kind} {resource_id!r} not found", reason=f"{kind.upper()}_NOT_FOUND")
+        reason = f"{kind.upper().replace(' ', '_')}_NOT_FOUND"
+        super().__init__(f"{kind} {resource_id!r} not found", reason=reason)
         self.metadata = {"resource_type": kind, "resource_id": resource_id}
 
 

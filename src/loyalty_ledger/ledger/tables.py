@@ -371,3 +371,47 @@ event_awards = Table(
     CheckConstraint("reversed >= 0 AND reversed <= amount", name="reversed_range"),
     Index(None, "event_id"),
 )
+
+# Promotion codes: a batch says what each redemption credits; the counts per code and per
+# (code, wallet) carry their limits, so CHECK constraints refuse an extra redemption whatever
+# the code does.
+promotion_batches = Table(
+    "promotion_batches",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("scheme_id", Id, ForeignKey("schemes.id"), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("asset", String(12), nullable=False),
+    Column("amount", Amount, nullable=False),
+    Column("sponsor_id", String(64), nullable=False),
+    Column("expiry_policy", Text, nullable=True),  # JSON, see domain.expiry; null: scheme's
+    Column("max_per_code", BigInteger, nullable=False),
+    Column("max_per_wallet", BigInteger, nullable=False),
+    Column("valid_from_us", Us, nullable=True),
+    Column("valid_until_us", Us, nullable=True),
+    Column("created_at_us", Us, nullable=False),
+    CheckConstraint("amount > 0 AND max_per_code > 0 AND max_per_wallet > 0", name="positive"),
+)
+
+promotion_codes = Table(
+    "promotion_codes",
+    metadata,
+    Column("scheme_id", Id, ForeignKey("schemes.id"), primary_key=True),
+    Column("code", String(32), primary_key=True),
+    Column("batch_id", Id, ForeignKey("promotion_batches.id"), nullable=False),
+    Column("redemptions", BigInteger, nullable=False, server_default="0"),
+    Column("max_redemptions", BigInteger, nullable=False),
+    CheckConstraint("redemptions >= 0 AND redemptions <= max_redemptions", name="within_limit"),
+    Index(None, "batch_id"),
+)
+
+code_redemptions = Table(
+    "code_redemptions",
+    metadata,
+    Column("scheme_id", Id, primary_key=True),
+    Column("code", String(32), primary_key=True),
+    Column("wallet_id", Id, ForeignKey("wallets.id"), primary_key=True),
+    Column("redemptions", BigInteger, nullable=False),
+    Column("max_redemptions", BigInteger, nullable=False),
+    CheckConstraint("redemptions >= 1 AND redemptions <= max_redemptions", name="within_limit"),
+)
