@@ -830,3 +830,43 @@ async def test_redemption_rates_are_validated_and_updatable(offers) -> None:
         )
     )
     assert list(updated.scheme.redemption_rates) == [rate("POINTS", "EUR")]
+
+
+async def test_offers_for_tagged_wallets(offers, wallets, clock) -> None:
+    await make_scheme(offers)
+    created = await wallets.CreateWallet(
+        wallet_pb2.CreateWalletRequest(
+            request_id=rid(), scheme_id="acme", customer_ref="vip-1", tags=["vip", "newsletter"]
+        )
+    )
+    vip = created.wallet
+    assert list(vip.tags) == ["newsletter", "vip"]
+    plain = await make_wallet(wallets)
+    await live_offer(
+        offers,
+        name="VIPs only, not staff",
+        rule=rewards_pb2.AwardRule(fixed_amount=rewards_pb2.FixedAmount(amount=500)),
+        conditions=rewards_pb2.OfferConditions(include_tags=["vip"], exclude_tags=["staff"]),
+    )
+
+    async def earned(wallet_id: str) -> int:
+        response = await submit(offers, wallet_id, purchase(clock, 1000))
+        return sum(a.amount for a in response.awards)
+
+    assert (await earned(vip.wallet_id), await earned(plain.wallet_id)) == (500, 0)
+    tagged = await wallets.SetWalletTags(
+        wallet_pb2.SetWalletTagsRequest(
+            request_id=rid(), wallet_id=vip.wallet_id, tags=["vip", "staff"]
+        )
+    )
+    assert list(tagged.wallet.tags) == ["staff", "vip"]
+    assert await earned(vip.wallet_id) == 0
+    error = await rpc_error(
+        wallets.SetWalletTags(
+            wallet_pb2.SetWalletTagsRequest(
+                request_id=rid(), wallet_id=vip.wallet_id, tags=["Not A Tag"]
+            )
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert "tags[0]" in field_violations(error)

@@ -212,3 +212,14 @@ def test_period_keys_are_local_days_and_months() -> None:
         r.CapWindow.LIFETIME: "",
     }
     assert r.format_minor(12345, 2) == "123.45" and r.format_minor(5, 2) == "0.05"
+
+
+def test_wallet_tags_include_and_exclude() -> None:
+    c = r.Conditions(include_tags=frozenset({"vip", "staff"}), exclude_tags=frozenset({"banned"}))
+    event = purchase(100)
+    assert r.rejection(event, c, AMSTERDAM, frozenset({"vip"})) is None
+    assert r.rejection(event, c, AMSTERDAM, frozenset({"staff", "newsletter"})) is None
+    assert r.rejection(event, c, AMSTERDAM, frozenset()) is not None
+    assert r.rejection(event, c, AMSTERDAM, frozenset({"vip", "banned"})) is not None
+    open_to_all_but = r.Conditions(exclude_tags=frozenset({"banned"}))
+    assert r.rejection(event, open_to_all_but, AMSTERDAM) is None

@@ -579,6 +579,8 @@ class OfferConditions(_message.Message):
     EVENT_TYPES_FIELD_NUMBER: _builtins.int
     CUSTOM_EVENT_NAME_FIELD_NUMBER: _builtins.int
     ATTRIBUTES_FIELD_NUMBER: _builtins.int
+    INCLUDE_TAGS_FIELD_NUMBER: _builtins.int
+    EXCLUDE_TAGS_FIELD_NUMBER: _builtins.int
     min_amount: _builtins.int
     """The least the event's amount must be, in minor units of `currency`."""
     currency: _builtins.str
@@ -623,6 +625,14 @@ class OfferConditions(_message.Message):
     def attributes(self) -> _containers.RepeatedCompositeFieldContainer[Global___AttributeCondition]:
         """Conditions on event attributes; all must hold."""
 
+    @_builtins.property
+    def include_tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The wallet must have at least one of these tags."""
+
+    @_builtins.property
+    def exclude_tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The wallet must have none of these tags."""
+
     def __init__(
         self,
         *,
@@ -638,10 +648,12 @@ class OfferConditions(_message.Message):
         event_types: _abc.Iterable[Global___CustomerEventType.ValueType] | None = ...,
         custom_event_name: _builtins.str = ...,
         attributes: _abc.Iterable[Global___AttributeCondition] | None = ...,
+        include_tags: _abc.Iterable[_builtins.str] | None = ...,
+        exclude_tags: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["hours", b"hours", "valid_from", b"valid_from", "valid_until", b"valid_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "currency", b"currency", "custom_event_name", b"custom_event_name", "days_of_week", b"days_of_week", "event_types", b"event_types", "hours", b"hours", "merchant_ids", b"merchant_ids", "min_amount", b"min_amount", "payment_methods", b"payment_methods", "seasons", b"seasons", "valid_from", b"valid_from", "valid_until", b"valid_until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "currency", b"currency", "custom_event_name", b"custom_event_name", "days_of_week", b"days_of_week", "event_types", b"event_types", "exclude_tags", b"exclude_tags", "hours", b"hours", "include_tags", b"include_tags", "merchant_ids", b"merchant_ids", "min_amount", b"min_amount", "payment_methods", b"payment_methods", "seasons", b"seasons", "valid_from", b"valid_from", "valid_until", b"valid_until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

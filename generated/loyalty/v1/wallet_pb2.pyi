@@ -237,6 +237,7 @@ class Wallet(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
     wallet_id: _builtins.str
     """Server-generated identifier ("wal_...")."""
     scheme_id: _builtins.str
@@ -261,6 +262,10 @@ class Wallet(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the wallet last changed status."""
 
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Labels offers can include or exclude (e.g. "employee", "newsletter"), sorted."""
+
     def __init__(
         self,
         *,
@@ -273,10 +278,11 @@ class Wallet(_message.Message):
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "customer_ref", b"customer_ref", "merged_into_wallet_id", b"merged_into_wallet_id", "metadata", b"metadata", "scheme_id", b"scheme_id", "status", b"status", "status_reason", b"status_reason", "update_time", b"update_time", "wallet_id", b"wallet_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "customer_ref", b"customer_ref", "merged_into_wallet_id", b"merged_into_wallet_id", "metadata", b"metadata", "scheme_id", b"scheme_id", "status", b"status", "status_reason", b"status_reason", "tags", b"tags", "update_time", b"update_time", "wallet_id", b"wallet_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -725,6 +731,7 @@ class CreateWalletRequest(_message.Message):
     SCHEME_ID_FIELD_NUMBER: _builtins.int
     CUSTOMER_REF_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key, 1-64 characters."""
     scheme_id: _builtins.str
@@ -735,6 +742,10 @@ class CreateWalletRequest(_message.Message):
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Caller's key-value data, at most 16 entries, keys up to 64 and values up to 256 characters."""
 
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Tags, at most 32, each 1-64 characters of a-z, 0-9, '-', '_' and ':'."""
+
     def __init__(
         self,
         *,
@@ -742,10 +753,11 @@ class CreateWalletRequest(_message.Message):
         scheme_id: _builtins.str = ...,
         customer_ref: _builtins.str = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_ref", b"customer_ref", "metadata", b"metadata", "request_id", b"request_id", "scheme_id", b"scheme_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_ref", b"customer_ref", "metadata", b"metadata", "request_id", b"request_id", "scheme_id", b"scheme_id", "tags", b"tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2354,3 +2366,59 @@ class RedeemPointsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RedeemPointsResponse: _TypeAlias = RedeemPointsResponse  # noqa: Y015
+
+@_typing.final
+class SetWalletTagsRequest(_message.Message):
+    """Request of SetWalletTags."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    WALLET_ID_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Idempotency key, 1-64 characters."""
+    wallet_id: _builtins.str
+    """The wallet."""
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The new tags (see CreateWalletRequest.tags); empty removes them all."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        wallet_id: _builtins.str = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "tags", b"tags", "wallet_id", b"wallet_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetWalletTagsRequest: _TypeAlias = SetWalletTagsRequest  # noqa: Y015
+
+@_typing.final
+class SetWalletTagsResponse(_message.Message):
+    """Response of SetWalletTags."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WALLET_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def wallet(self) -> Global___Wallet:
+        """The wallet after the change."""
+
+    def __init__(
+        self,
+        *,
+        wallet: Global___Wallet | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["wallet", b"wallet"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["wallet", b"wallet"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetWalletTagsResponse: _TypeAlias = SetWalletTagsResponse  # noqa: Y015

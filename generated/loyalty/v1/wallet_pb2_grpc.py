@@ -178,6 +178,11 @@ class WalletServiceStub:
                 request_serializer=loyalty_dot_v1_dot_expiry__pb2.WatchExpirationsRequest.SerializeToString,
                 response_deserializer=loyalty_dot_v1_dot_expiry__pb2.WatchExpirationsResponse.FromString,
                 _registered_method=True)
+        self.SetWalletTags = channel.unary_unary(
+                '/loyalty.v1.WalletService/SetWalletTags',
+                request_serializer=loyalty_dot_v1_dot_wallet__pb2.SetWalletTagsRequest.SerializeToString,
+                response_deserializer=loyalty_dot_v1_dot_wallet__pb2.SetWalletTagsResponse.FromString,
+                _registered_method=True)
         self.QuoteRedemption = channel.unary_unary(
                 '/loyalty.v1.WalletService/QuoteRedemption',
                 request_serializer=loyalty_dot_v1_dot_wallet__pb2.QuoteRedemptionRequest.SerializeToString,
@@ -405,11 +410,18 @@ class WalletServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def QuoteRedemption(self, request, context):
+    def SetWalletTags(self, request, context):
         """How many points a basket can use ("pay part with points"): the most that is available,
         eligible at this merchant for these products, and useful for the basket's amount, with
         what they are worth. Needs the scheme's redemption rate for the asset and currency.
+        Replaces a wallet's tags (not of a closed wallet). Idempotent by `request_id`.
         """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def QuoteRedemption(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -560,6 +572,11 @@ def add_WalletServiceServicer_to_server(servicer, server):
                     servicer.WatchExpirations,
                     request_deserializer=loyalty_dot_v1_dot_expiry__pb2.WatchExpirationsRequest.FromString,
                     response_serializer=loyalty_dot_v1_dot_expiry__pb2.WatchExpirationsResponse.SerializeToString,
+            ),
+            'SetWalletTags': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetWalletTags,
+                    request_deserializer=loyalty_dot_v1_dot_wallet__pb2.SetWalletTagsRequest.FromString,
+                    response_serializer=loyalty_dot_v1_dot_wallet__pb2.SetWalletTagsResponse.SerializeToString,
             ),
             'QuoteRedemption': grpc.unary_unary_rpc_method_handler(
                     servicer.QuoteRedemption,
@@ -1309,6 +1326,33 @@ class WalletService:
             '/loyalty.v1.WalletService/WatchExpirations',
             loyalty_dot_v1_dot_expiry__pb2.WatchExpirationsRequest.SerializeToString,
             loyalty_dot_v1_dot_expiry__pb2.WatchExpirationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetWalletTags(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.v1.WalletService/SetWalletTags',
+            loyalty_dot_v1_dot_wallet__pb2.SetWalletTagsRequest.SerializeToString,
+            loyalty_dot_v1_dot_wallet__pb2.SetWalletTagsResponse.FromString,
             options,
             channel_credentials,
             insecure,

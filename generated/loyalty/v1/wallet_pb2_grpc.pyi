@@ -122,11 +122,13 @@ class WalletServiceStub:
     heartbeats during silence. A subscriber too slow for its bounded buffer is ended with
     RESOURCE_EXHAUSTED and resumes from its last sequence.
     """
-    QuoteRedemption: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.QuoteRedemptionRequest, _wallet_pb2.QuoteRedemptionResponse]
+    SetWalletTags: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.SetWalletTagsRequest, _wallet_pb2.SetWalletTagsResponse]
     """How many points a basket can use ("pay part with points"): the most that is available,
     eligible at this merchant for these products, and useful for the basket's amount, with
     what they are worth. Needs the scheme's redemption rate for the asset and currency.
+    Replaces a wallet's tags (not of a closed wallet). Idempotent by `request_id`.
     """
+    QuoteRedemption: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.QuoteRedemptionRequest, _wallet_pb2.QuoteRedemptionResponse]
     RedeemPoints: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.RedeemPointsRequest, _wallet_pb2.RedeemPointsResponse]
     """Spends points for a money value: the points the value costs at the scheme's rate
     (rounded up) are spent as by Spend, and the SPEND entry records both (metadata
@@ -226,11 +228,13 @@ class WalletServiceAsyncStub(WalletServiceStub):
     heartbeats during silence. A subscriber too slow for its bounded buffer is ended with
     RESOURCE_EXHAUSTED and resumes from its last sequence.
     """
-    QuoteRedemption: _aio.UnaryUnaryMultiCallable[_wallet_pb2.QuoteRedemptionRequest, _wallet_pb2.QuoteRedemptionResponse]  # type: ignore[assignment]
+    SetWalletTags: _aio.UnaryUnaryMultiCallable[_wallet_pb2.SetWalletTagsRequest, _wallet_pb2.SetWalletTagsResponse]  # type: ignore[assignment]
     """How many points a basket can use ("pay part with points"): the most that is available,
     eligible at this merchant for these products, and useful for the basket's amount, with
     what they are worth. Needs the scheme's redemption rate for the asset and currency.
+    Replaces a wallet's tags (not of a closed wallet). Idempotent by `request_id`.
     """
+    QuoteRedemption: _aio.UnaryUnaryMultiCallable[_wallet_pb2.QuoteRedemptionRequest, _wallet_pb2.QuoteRedemptionResponse]  # type: ignore[assignment]
     RedeemPoints: _aio.UnaryUnaryMultiCallable[_wallet_pb2.RedeemPointsRequest, _wallet_pb2.RedeemPointsResponse]  # type: ignore[assignment]
     """Spends points for a money value: the points the value costs at the scheme's rate
     (rounded up) are spent as by Spend, and the SPEND entry records both (metadata
@@ -491,15 +495,23 @@ class WalletServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def SetWalletTags(
+        self,
+        request: _wallet_pb2.SetWalletTagsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_wallet_pb2.SetWalletTagsResponse, _abc.Awaitable[_wallet_pb2.SetWalletTagsResponse]]:
+        """How many points a basket can use ("pay part with points"): the most that is available,
+        eligible at this merchant for these products, and useful for the basket's amount, with
+        what they are worth. Needs the scheme's redemption rate for the asset and currency.
+        Replaces a wallet's tags (not of a closed wallet). Idempotent by `request_id`.
+        """
+
+    @_abc_1.abstractmethod
     def QuoteRedemption(
         self,
         request: _wallet_pb2.QuoteRedemptionRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_wallet_pb2.QuoteRedemptionResponse, _abc.Awaitable[_wallet_pb2.QuoteRedemptionResponse]]:
-        """How many points a basket can use ("pay part with points"): the most that is available,
-        eligible at this merchant for these products, and useful for the basket's amount, with
-        what they are worth. Needs the scheme's redemption rate for the asset and currency.
-        """
+    ) -> _typing.Union[_wallet_pb2.QuoteRedemptionResponse, _abc.Awaitable[_wallet_pb2.QuoteRedemptionResponse]]: ...
 
     @_abc_1.abstractmethod
     def RedeemPoints(

@@ -174,6 +174,7 @@ def wallet_to_proto(wallet: WalletRecord) -> wallet_pb2.Wallet:
         metadata=wallet.metadata,
         create_time=timestamp(wallet.created_at_us),
         update_time=timestamp(wallet.updated_at_us),
+        tags=wallet.tags,
     )
 
 

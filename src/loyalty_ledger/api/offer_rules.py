@@ -164,6 +164,8 @@ def _conditions(checks: Checks, offer: rewards_pb2.Offer, scheme: SchemeRecord, 
                 checks.fail(f"{path}.seasons[{i}].{end_name}_day", "not a day of the year")
     checks.ids(f"{path}.merchant_ids", c.merchant_ids)
     checks.ids(f"{path}.payment_methods", c.payment_methods)
+    checks.tags(f"{path}.include_tags", c.include_tags)
+    checks.tags(f"{path}.exclude_tags", c.exclude_tags)
     checks.amount(f"{path}.min_amount", c.min_amount, allow_zero=True)
     needs_currency = offer.rule.WhichOneof("rule") in _AMOUNT_RULES or c.min_amount > 0
     if c.currency or needs_currency:
@@ -285,6 +287,8 @@ def _domain_conditions(c: rewards_pb2.OfferConditions) -> rewards.Conditions:
         attributes=tuple(
             rewards.AttributeCondition(a.key, _OPERATORS[a.operator], a.value) for a in c.attributes
         ),
+        include_tags=frozenset(c.include_tags),
+        exclude_tags=frozenset(c.exclude_tags),
     )
 
 

@@ -15,6 +15,7 @@ from loyalty_ledger.domain.errors import FieldViolation, InvalidArgument
 from loyalty_ledger.domain.timeutil import to_us
 
 _ASSET_CODE = re.compile(r"^[A-Z][A-Z0-9_]{1,11}$")
+_TAG = re.compile(r"^[a-z0-9_:-]{1,64}$")
 _SCHEME_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{2,63}$")
 _MAX_TIMESTAMP_SECONDS = int(datetime(limits.TIMESTAMP_YEAR_MAX, 12, 31, tzinfo=UTC).timestamp())
 
@@ -62,6 +63,15 @@ class Checks:
             return
         for i, value in enumerate(values):
             self.resource_id(f"{field_path}[{i}]", value)
+
+    def tags(self, field_path: str, values: Iterable[str]) -> None:
+        values = list(values)
+        if len(values) > limits.WALLET_TAGS_MAX:
+            self.fail(field_path, f"at most {limits.WALLET_TAGS_MAX} tags")
+            return
+        for i, value in enumerate(values):
+            if not _TAG.match(value):
+                self.fail(f"{field_path}[{i}]", "1-64 characters of a-z, 0-9, '-', '_' and ':'")
 
     def asset(self, field_path: str, value: str, *, required: bool = True) -> None:
         if not value and not required:

@@ -68,11 +68,12 @@ class WalletServicer(ExpiryRpcs, wallet_pb2_grpc.WalletServiceServicer):
             required=True,
         )
         checks.metadata("metadata", request.metadata)
+        checks.tags("tags", request.tags)
         checks.done()
 
         async def op(tx: Tx) -> wallet_pb2.CreateWalletResponse:
             wallet = await tx.create_wallet(
-                request.scheme_id, request.customer_ref, dict(request.metadata)
+                request.scheme_id, request.customer_ref, dict(request.metadata), request.tags
             )
             return wallet_pb2.CreateWalletResponse(wallet=convert.wallet_to_proto(wallet))
 
@@ -360,6 +361,24 @@ class WalletServicer(ExpiryRpcs, wallet_pb2_grpc.WalletServiceServicer):
             )
 
         return await mutate(self.ledger, "Spend", request, wallet_pb2.SpendResponse, op)
+
+    @rpc_errors
+    async def SetWalletTags(
+        self, request: wallet_pb2.SetWalletTagsRequest, context: Ctx
+    ) -> wallet_pb2.SetWalletTagsResponse:
+        checks = Checks()
+        checks.request_id(request.request_id)
+        checks.resource_id("wallet_id", request.wallet_id)
+        checks.tags("tags", request.tags)
+        checks.done()
+
+        async def op(tx: Tx) -> wallet_pb2.SetWalletTagsResponse:
+            wallet = await tx.set_wallet_tags(request.wallet_id, request.tags)
+            return wallet_pb2.SetWalletTagsResponse(wallet=convert.wallet_to_proto(wallet))
+
+        return await mutate(
+            self.ledger, "SetWalletTags", request, wallet_pb2.SetWalletTagsResponse, op
+        )
 
     @rpc_errors
     async def QuoteRedemption(

@@ -197,11 +197,22 @@ class Conditions:
     event_types: frozenset[EventType] = frozenset({EventType.PURCHASE})
     custom_event_name: str = ""
     attributes: tuple[AttributeCondition, ...] = ()
+    include_tags: frozenset[str] = frozenset()  # the wallet needs one of them
+    exclude_tags: frozenset[str] = frozenset()  # the wallet may have none of them
 
 
-def rejection(event: CustomerEvent, conditions: Conditions, tz: ZoneInfo) -> str | None:
-    """Why the event does not qualify, or None when it does."""
+def rejection(
+    event: CustomerEvent,
+    conditions: Conditions,
+    tz: ZoneInfo,
+    wallet_tags: frozenset[str] = frozenset(),
+) -> str | None:
+    """Why the event (for a wallet with `wallet_tags`) does not qualify, or None when it does."""
     c = conditions
+    if c.include_tags and not c.include_tags & wallet_tags:
+        return "the wallet has none of the required tags"
+    if c.exclude_tags & wallet_tags:
+        return "the wallet has an excluded tag"
     local = event.occurred_at.astimezone(tz)
     if event.type not in c.event_types:
         return f"reacts to {', '.join(sorted(t.value for t in c.event_types))} events"
@@ -372,13 +383,14 @@ def evaluate(
     usage: Mapping[str, OfferUsage],
     tz: ZoneInfo,
     scale: int,
+    wallet_tags: frozenset[str] = frozenset(),
 ) -> Evaluation:
     """Every qualifying offer's award. Non-exclusive offers stack; of the exclusive ones only
     the highest award applies (ties go to the smallest offer_id). Ordered by offer_id."""
     awards: list[Award] = []
     qualified: set[str] = set()
     for offer in sorted(offers, key=lambda o: o.offer_id):
-        if rejection(event, offer.conditions, tz) is not None:
+        if rejection(event, offer.conditions, tz, wallet_tags) is not None:
             continue
         qualified.add(offer.offer_id)
         used = usage.get(offer.offer_id, OfferUsage())

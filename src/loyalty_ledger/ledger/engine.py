@@ -540,7 +540,11 @@ class PostingTx(Reader):
     # -- wallets ---------------------------------------------------------------------------
 
     async def create_wallet(
-        self, scheme_id: str, customer_ref: str, metadata: dict[str, str]
+        self,
+        scheme_id: str,
+        customer_ref: str,
+        metadata: dict[str, str],
+        tags: Iterable[str] = (),
     ) -> WalletRecord:
         await self.get_scheme(scheme_id)
         existing = (
@@ -568,6 +572,7 @@ class PostingTx(Reader):
                 metadata=json.dumps(metadata, sort_keys=True),
                 created_at_us=self.now_us,
                 updated_at_us=self.now_us,
+                tags=json.dumps(sorted(set(tags))),
             ),
             AlreadyExists(
                 f"customer {customer_ref!r} already has a wallet in scheme {scheme_id}",
@@ -657,6 +662,12 @@ class PostingTx(Reader):
         lot.source_transaction_id = txn.id
         await self._insert_lot(lot)
         return txn, lot
+
+    async def set_wallet_tags(self, wallet_id: str, tags: Iterable[str]) -> WalletRecord:
+        """Replace a wallet's tags (offers read them as conditions)."""
+        wallet = await self._lock_wallet(wallet_id)
+        self._require_open(wallet)
+        return await self._set_wallet(wallet, tags=json.dumps(sorted(set(tags))))
 
     async def lock_wallet_for_reversal(self, wallet_id: str) -> WalletRecord:
         """Lock a wallet for a claw-back: a frozen wallet can still be reversed (fraud), a

@@ -98,6 +98,7 @@ class WalletRecord:
     metadata: dict[str, str]
     created_at_us: int
     updated_at_us: int
+    tags: list[str] = field(default_factory=list)
 
     @classmethod
     def from_row(cls, row: Any) -> WalletRecord:
@@ -111,6 +112,7 @@ class WalletRecord:
             metadata=json.loads(row.metadata),
             created_at_us=row.created_at_us,
             updated_at_us=row.updated_at_us,
+            tags=json.loads(row.tags),
         )
 
 

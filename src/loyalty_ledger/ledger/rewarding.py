@@ -113,6 +113,7 @@ async def _evaluate(
         usage,
         tz,
         scheme.assets.get(event.currency, 0),
+        frozenset(wallet.tags),
     )
     keys = {w.value: p for w, p in periods.items()}
     return scheme, {k: settings for k, (_, settings) in decoded.items()}, evaluation, keys

@@ -77,6 +77,7 @@ wallets = Table(
     Column("metadata", Text, nullable=False, server_default="{}"),
     Column("created_at_us", Us, nullable=False),
     Column("updated_at_us", Us, nullable=False),
+    Column("tags", Text, nullable=False, server_default="[]"),  # JSON list, sorted
     UniqueConstraint("scheme_id", "customer_ref"),
     Index(None, "created_at_us", "id"),
     Index(None, "scheme_id", "created_at_us", "id"),
