@@ -870,3 +870,76 @@ async def test_offers_for_tagged_wallets(offers, wallets, clock) -> None:
         grpc.StatusCode.INVALID_ARGUMENT,
     )
     assert "tags[0]" in field_violations(error)
+
+
+async def test_a_referral_rewards_the_referrer_once_on_the_first_qualifying_purchase(
+    offers, wallets, clock
+) -> None:
+    await make_scheme(offers)
+    referrer = await make_wallet(wallets)
+    referee = (
+        await wallets.CreateWallet(
+            wallet_pb2.CreateWalletRequest(
+                request_id=rid(),
+                scheme_id="acme",
+                customer_ref="friend",
+                referred_by_wallet_id=referrer.wallet_id,
+            )
+        )
+    ).wallet
+    assert referee.referred_by_wallet_id == referrer.wallet_id
+    bonus = 500
+    offer = await live_offer(
+        offers,
+        name="Bring a friend",
+        asset="POINTS",
+        rule=rewards_pb2.AwardRule(fixed_amount=rewards_pb2.FixedAmount(amount=bonus)),
+        conditions=rewards_pb2.OfferConditions(
+            event_types=[rewards_pb2.CUSTOMER_EVENT_TYPE_REFERRAL],
+            currency="EUR",
+            min_amount=2000,
+        ),
+    )
+    small = await submit(offers, referee.wallet_id, purchase(clock, 1999))
+    assert not small.awards
+    first = await submit(offers, referee.wallet_id, purchase(clock, 2500))
+    assert [(a.offer_id, a.wallet_id, a.amount) for a in first.awards] == [
+        (offer.offer_id, referrer.wallet_id, bonus)
+    ]
+    assert first.instant_discount == 0
+    again = await submit(offers, referee.wallet_id, purchase(clock, 5000))
+    assert not again.awards
+    assert (await balance(wallets, referrer.wallet_id)).available == bonus
+    assert (await balance(wallets, referee.wallet_id)).available == 0
+    got = (await wallets.GetWallet(wallet_pb2.GetWalletRequest(wallet_id=referee.wallet_id))).wallet
+    assert got.HasField("referral_reward_time")
+    await rpc_error(
+        wallets.CreateWallet(
+            wallet_pb2.CreateWalletRequest(
+                request_id=rid(),
+                scheme_id="acme",
+                customer_ref="nobody",
+                referred_by_wallet_id="wal_missing",
+            )
+        ),
+        grpc.StatusCode.NOT_FOUND,
+    )
+    error = await rpc_error(
+        offers.CreateOffer(
+            offer_pb2.CreateOfferRequest(
+                request_id=rid(),
+                offer=rewards_pb2.Offer(
+                    scheme_id="acme",
+                    name="Instant referral",
+                    asset="EUR",
+                    spend_method=rewards_pb2.SPEND_METHOD_INSTANT,
+                    rule=rewards_pb2.AwardRule(fixed_amount=rewards_pb2.FixedAmount(amount=5)),
+                    conditions=rewards_pb2.OfferConditions(
+                        currency="EUR", event_types=[rewards_pb2.CUSTOMER_EVENT_TYPE_REFERRAL]
+                    ),
+                ),
+            )
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert "offer.spend_method" in field_violations(error)

@@ -995,6 +995,7 @@ class OfferAward(_message.Message):
     EXPLANATION_FIELD_NUMBER: _builtins.int
     TRANSACTION_ID_FIELD_NUMBER: _builtins.int
     LOT_ID_FIELD_NUMBER: _builtins.int
+    WALLET_ID_FIELD_NUMBER: _builtins.int
     offer_id: _builtins.str
     """The offer that produced it."""
     asset: _builtins.str
@@ -1009,6 +1010,8 @@ class OfferAward(_message.Message):
     """The transaction that recorded it (empty in EvaluateEvent)."""
     lot_id: _builtins.str
     """ON_ACCOUNT: the lot it created (empty in EvaluateEvent)."""
+    wallet_id: _builtins.str
+    """The wallet credited: the event's wallet, or its referrer for a REFERRAL offer."""
     def __init__(
         self,
         *,
@@ -1019,10 +1022,11 @@ class OfferAward(_message.Message):
         explanation: _builtins.str = ...,
         transaction_id: _builtins.str = ...,
         lot_id: _builtins.str = ...,
+        wallet_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "asset", b"asset", "explanation", b"explanation", "lot_id", b"lot_id", "offer_id", b"offer_id", "spend_method", b"spend_method", "transaction_id", b"transaction_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "asset", b"asset", "explanation", b"explanation", "lot_id", b"lot_id", "offer_id", b"offer_id", "spend_method", b"spend_method", "transaction_id", b"transaction_id", "wallet_id", b"wallet_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -238,6 +238,8 @@ class Wallet(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     TAGS_FIELD_NUMBER: _builtins.int
+    REFERRED_BY_WALLET_ID_FIELD_NUMBER: _builtins.int
+    REFERRAL_REWARD_TIME_FIELD_NUMBER: _builtins.int
     wallet_id: _builtins.str
     """Server-generated identifier ("wal_...")."""
     scheme_id: _builtins.str
@@ -250,6 +252,8 @@ class Wallet(_message.Message):
     """Why the status last changed, as given by the caller."""
     merged_into_wallet_id: _builtins.str
     """After a merge: the wallet this one was merged into."""
+    referred_by_wallet_id: _builtins.str
+    """The wallet that referred this customer, if any (set at creation)."""
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Caller's key-value data, at most 16 entries of 256 characters each."""
@@ -266,6 +270,12 @@ class Wallet(_message.Message):
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Labels offers can include or exclude (e.g. "employee", "newsletter"), sorted."""
 
+    @_builtins.property
+    def referral_reward_time(self) -> _timestamp_pb2.Timestamp:
+        """Output only. When the referral was rewarded: the referee's first purchase that qualified
+        for a REFERRAL offer. Unset until then.
+        """
+
     def __init__(
         self,
         *,
@@ -279,10 +289,12 @@ class Wallet(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         tags: _abc.Iterable[_builtins.str] | None = ...,
+        referred_by_wallet_id: _builtins.str = ...,
+        referral_reward_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "referral_reward_time", b"referral_reward_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "customer_ref", b"customer_ref", "merged_into_wallet_id", b"merged_into_wallet_id", "metadata", b"metadata", "scheme_id", b"scheme_id", "status", b"status", "status_reason", b"status_reason", "tags", b"tags", "update_time", b"update_time", "wallet_id", b"wallet_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "customer_ref", b"customer_ref", "merged_into_wallet_id", b"merged_into_wallet_id", "metadata", b"metadata", "referral_reward_time", b"referral_reward_time", "referred_by_wallet_id", b"referred_by_wallet_id", "scheme_id", b"scheme_id", "status", b"status", "status_reason", b"status_reason", "tags", b"tags", "update_time", b"update_time", "wallet_id", b"wallet_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -732,12 +744,18 @@ class CreateWalletRequest(_message.Message):
     CUSTOMER_REF_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     TAGS_FIELD_NUMBER: _builtins.int
+    REFERRED_BY_WALLET_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key, 1-64 characters."""
     scheme_id: _builtins.str
     """The scheme; must exist."""
     customer_ref: _builtins.str
     """The caller's customer reference, 1-128 characters, unique per scheme."""
+    referred_by_wallet_id: _builtins.str
+    """The wallet of the customer who referred this one: same scheme, not closed. Offers for
+    CUSTOMER_EVENT_TYPE_REFERRAL reward that wallet once, on this wallet's first purchase that
+    meets their conditions.
+    """
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Caller's key-value data, at most 16 entries, keys up to 64 and values up to 256 characters."""
@@ -754,10 +772,11 @@ class CreateWalletRequest(_message.Message):
         customer_ref: _builtins.str = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         tags: _abc.Iterable[_builtins.str] | None = ...,
+        referred_by_wallet_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_ref", b"customer_ref", "metadata", b"metadata", "request_id", b"request_id", "scheme_id", b"scheme_id", "tags", b"tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_ref", b"customer_ref", "metadata", b"metadata", "referred_by_wallet_id", b"referred_by_wallet_id", "request_id", b"request_id", "scheme_id", b"scheme_id", "tags", b"tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -164,7 +164,7 @@ FUNDING_FROM_PROTO = {v: k for k, v in FUNDING_TO_PROTO.items()}
 
 
 def wallet_to_proto(wallet: WalletRecord) -> wallet_pb2.Wallet:
-    return wallet_pb2.Wallet(
+    out = wallet_pb2.Wallet(
         wallet_id=wallet.id,
         scheme_id=wallet.scheme_id,
         customer_ref=wallet.customer_ref,
@@ -175,7 +175,11 @@ def wallet_to_proto(wallet: WalletRecord) -> wallet_pb2.Wallet:
         create_time=timestamp(wallet.created_at_us),
         update_time=timestamp(wallet.updated_at_us),
         tags=wallet.tags,
+        referred_by_wallet_id=wallet.referred_by or "",
     )
+    if wallet.referral_rewarded_at_us is not None:
+        out.referral_reward_time.CopyFrom(timestamp(wallet.referral_rewarded_at_us))
+    return out
 
 
 def lot_to_proto(lot: LotRecord) -> wallet_pb2.Lot:

@@ -37,6 +37,8 @@ def validated(checks: Checks, offer: rewards_pb2.Offer, scheme: SchemeRecord, pa
     _rule(checks, offer.rule, f"{path}.rule")
     _conditions(checks, offer, scheme, f"{path}.conditions")
     if offer.spend_method == rewards_pb2.SPEND_METHOD_INSTANT:
+        if rewards_pb2.CUSTOMER_EVENT_TYPE_REFERRAL in offer.conditions.event_types:
+            checks.fail(f"{path}.spend_method", "a referral rewards the referrer: ON_ACCOUNT only")
         if offer.asset != offer.conditions.currency:
             checks.fail(
                 f"{path}.asset",

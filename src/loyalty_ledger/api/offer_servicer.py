@@ -469,7 +469,7 @@ class OfferServicer(offer_pb2_grpc.OfferServiceServicer):
             )
             return offer_pb2.SubmitEventResponse(
                 awards=[_award_to_proto(p) for p in posted],
-                instant_discount=sum(p.award.amount for p in posted if p.award.instant),
+                instant_discount=_instant_discount(posted, request.wallet_id),
                 event_id=event_id,
             )
 
@@ -532,7 +532,7 @@ class OfferServicer(offer_pb2_grpc.OfferServiceServicer):
         )
         return offer_pb2.EvaluateEventResponse(
             awards=[_award_to_proto(p) for p in posted],
-            instant_discount=sum(p.award.amount for p in posted if p.award.instant),
+            instant_discount=_instant_discount(posted, request.wallet_id),
         )
 
     # -- promotion codes -------------------------------------------------------------------
@@ -681,7 +681,13 @@ def _award_to_proto(posted: rewarding.PostedAward) -> rewards_pb2.OfferAward:
         explanation=award.explanation,
         transaction_id=posted.transaction_id,
         lot_id=posted.lot_id,
+        wallet_id=posted.wallet_id,
     )
+
+
+def _instant_discount(posted: list[rewarding.PostedAward], wallet_id: str) -> int:
+    """The discount at this wallet's till: INSTANT awards of the event's own wallet."""
+    return sum(p.award.amount for p in posted if p.award.instant and p.wallet_id == wallet_id)
 
 
 def _take_fields(target: Message, source: Message, paths: set[str]) -> None:

@@ -69,11 +69,17 @@ class WalletServicer(ExpiryRpcs, wallet_pb2_grpc.WalletServiceServicer):
         )
         checks.metadata("metadata", request.metadata)
         checks.tags("tags", request.tags)
+        if request.referred_by_wallet_id:
+            checks.resource_id("referred_by_wallet_id", request.referred_by_wallet_id)
         checks.done()
 
         async def op(tx: Tx) -> wallet_pb2.CreateWalletResponse:
             wallet = await tx.create_wallet(
-                request.scheme_id, request.customer_ref, dict(request.metadata), request.tags
+                request.scheme_id,
+                request.customer_ref,
+                dict(request.metadata),
+                request.tags,
+                request.referred_by_wallet_id or None,
             )
             return wallet_pb2.CreateWalletResponse(wallet=convert.wallet_to_proto(wallet))
 

@@ -545,8 +545,16 @@ class PostingTx(Reader):
         customer_ref: str,
         metadata: dict[str, str],
         tags: Iterable[str] = (),
+        referred_by: str | None = None,
     ) -> WalletRecord:
         await self.get_scheme(scheme_id)
+        if referred_by is not None:
+            referrer = await self.get_wallet(referred_by)
+            if referrer.scheme_id != scheme_id:
+                raise InvalidArgument.single(
+                    "referred_by_wallet_id", f"wallet {referred_by} is in another scheme"
+                )
+            self._require_open(referrer)
         existing = (
             await self.conn.execute(
                 select(t.wallets.c.id).where(
@@ -573,6 +581,7 @@ class PostingTx(Reader):
                 created_at_us=self.now_us,
                 updated_at_us=self.now_us,
                 tags=json.dumps(sorted(set(tags))),
+                referred_by=referred_by,
             ),
             AlreadyExists(
                 f"customer {customer_ref!r} already has a wallet in scheme {scheme_id}",

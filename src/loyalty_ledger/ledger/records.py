@@ -99,6 +99,8 @@ class WalletRecord:
     created_at_us: int
     updated_at_us: int
     tags: list[str] = field(default_factory=list)
+    referred_by: str | None = None
+    referral_rewarded_at_us: int | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> WalletRecord:
@@ -113,6 +115,8 @@ class WalletRecord:
             created_at_us=row.created_at_us,
             updated_at_us=row.updated_at_us,
             tags=json.loads(row.tags),
+            referred_by=row.referred_by,
+            referral_rewarded_at_us=row.referral_rewarded_at_us,
         )
 
 

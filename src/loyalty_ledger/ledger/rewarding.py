@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -50,6 +50,7 @@ Decoder = Callable[[offer_store.OfferRecord], tuple[rewards.Offer, AwardSettings
 @dataclass(frozen=True)
 class PostedAward:
     award: rewards.Award
+    wallet_id: str
     transaction_id: str = ""
     lot_id: str = ""
 
@@ -125,7 +126,7 @@ async def evaluate_event(
     """What SubmitEvent would award now, writing nothing."""
     wallet = await reader.get_wallet(wallet_id)
     _, _, evaluation, _ = await _evaluate(reader, wallet, event, decode, lock=False)
-    return [PostedAward(a) for a in evaluation.awards]
+    return [PostedAward(a, wallet.id) for a in evaluation.awards]
 
 
 async def submit_event(
@@ -150,6 +151,53 @@ async def submit_event(
             created_at_us=tx.now_us,
         )
     )
+    posted = await _post(tx, wallet, event, evaluation, settings, periods, reference, event_id)
+    assert scheme.id == wallet.scheme_id
+    if (
+        event.type is rewards.EventType.PURCHASE
+        and wallet.referred_by is not None
+        and wallet.referral_rewarded_at_us is None
+    ):
+        posted += await _reward_referrer(tx, wallet, event, reference, decode, event_id)
+    return event_id, posted
+
+
+async def _reward_referrer(
+    tx: Tx,
+    referee: WalletRecord,
+    purchase: rewards.CustomerEvent,
+    reference: str,
+    decode: Decoder,
+    event_id: str,
+) -> list[PostedAward]:
+    """The referee's purchase as a REFERRAL event of the referrer: REFERRAL offers judge it
+    (their conditions apply to the purchase) and award the referrer, once per referee."""
+    assert referee.referred_by is not None
+    referrer = await tx.lock_wallet_for_reversal(referee.referred_by)  # open, maybe frozen
+    event = replace(purchase, type=rewards.EventType.REFERRAL)
+    _, settings, evaluation, periods = await _evaluate(tx, referrer, event, decode, lock=True)
+    if not evaluation.awards:
+        return []  # not qualified yet: a later purchase may be the first that qualifies
+    posted = await _post(tx, referrer, event, evaluation, settings, periods, reference, event_id)
+    await tx.conn.execute(
+        update(t.wallets)
+        .where(t.wallets.c.id == referee.id)
+        .values(referral_rewarded_at_us=tx.now_us)
+    )
+    return posted
+
+
+async def _post(
+    tx: Tx,
+    wallet: WalletRecord,
+    event: rewards.CustomerEvent,
+    evaluation: rewards.Evaluation,
+    settings: dict[str, AwardSettings],
+    periods: dict[str, str],
+    reference: str,
+    event_id: str,
+) -> list[PostedAward]:
+    """Post each award to `wallet`, record it under the event, and count caps and budget."""
     posted = []
     for award in evaluation.awards:
         how = settings[award.offer_id]
@@ -165,7 +213,7 @@ async def submit_event(
                 reference=reference,
                 metadata=metadata | {"spend_method": "INSTANT"},
             )
-            posted.append(PostedAward(award, txn.id))
+            posted.append(PostedAward(award, wallet.id, txn.id))
         else:
             txn, lot = await tx.credit(
                 CreditCommand(
@@ -184,7 +232,7 @@ async def submit_event(
                     metadata=metadata,
                 )
             )
-            posted.append(PostedAward(award, txn.id, lot.id))
+            posted.append(PostedAward(award, wallet.id, txn.id, lot.id))
         await tx.conn.execute(
             t.event_awards.insert().values(
                 transaction_id=posted[-1].transaction_id,
@@ -202,8 +250,7 @@ async def submit_event(
         await offer_store.spend_budget(tx.conn, award.offer_id, award.amount)
     for offer_id in evaluation.qualified:
         await _bump(tx.conn, offer_id, wallet.id, QUALIFYING, "", 1, 0)
-    assert scheme.id == wallet.scheme_id
-    return event_id, posted
+    return posted
 
 
 # -- returns --------------------------------------------------------------------------------

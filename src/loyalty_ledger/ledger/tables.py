@@ -78,6 +78,8 @@ wallets = Table(
     Column("created_at_us", Us, nullable=False),
     Column("updated_at_us", Us, nullable=False),
     Column("tags", Text, nullable=False, server_default="[]"),  # JSON list, sorted
+    Column("referred_by", Id, nullable=True),  # the referrer's wallet
+    Column("referral_rewarded_at_us", Us, nullable=True),
     UniqueConstraint("scheme_id", "customer_ref"),
     Index(None, "created_at_us", "id"),
     Index(None, "scheme_id", "created_at_us", "id"),
