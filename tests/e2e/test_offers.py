@@ -628,6 +628,13 @@ async def test_paused_offers_award_nothing_and_old_events_are_refused(
         grpc.StatusCode.FAILED_PRECONDITION,
         "WALLET_FROZEN",
     )
+    await rpc_error(
+        offers.EvaluateEvent(
+            offer_pb2.EvaluateEventRequest(wallet_id=wallet.wallet_id, event=purchase(clock, 1000))
+        ),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "WALLET_FROZEN",
+    )
 
 
 async def test_a_batch_gives_a_result_per_event_and_can_be_resent(offers, wallets, clock) -> None:

@@ -447,6 +447,11 @@ class PostingTx(Reader):
             )
 
     @classmethod
+    def require_active(cls, wallet: WalletRecord) -> None:
+        """WALLET_CLOSED or WALLET_FROZEN unless the wallet is ACTIVE."""
+        cls._require_active(wallet)
+
+    @classmethod
     def _require_active(cls, wallet: WalletRecord) -> None:
         cls._require_open(wallet)
         if wallet.status is WalletStatus.FROZEN:

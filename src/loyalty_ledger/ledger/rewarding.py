@@ -123,8 +123,9 @@ async def _evaluate(
 async def evaluate_event(
     reader: Reader, wallet_id: str, event: rewards.CustomerEvent, decode: Decoder
 ) -> list[PostedAward]:
-    """What SubmitEvent would award now, writing nothing."""
+    """What SubmitEvent would award now, writing nothing (and refusing what it refuses)."""
     wallet = await reader.get_wallet(wallet_id)
+    Tx.require_active(wallet)
     _, _, evaluation, _ = await _evaluate(reader, wallet, event, decode, lock=False)
     return [PostedAward(a, wallet.id) for a in evaluation.awards]
 
