@@ -950,3 +950,47 @@ async def test_a_referral_rewards_the_referrer_once_on_the_first_qualifying_purc
         grpc.StatusCode.INVALID_ARGUMENT,
     )
     assert "offer.spend_method" in field_violations(error)
+
+
+async def test_concurrent_returns_of_one_event_reverse_it_exactly_once(
+    offers, wallets, clock
+) -> None:
+    await make_scheme(offers)
+    wallet = await make_wallet(wallets)
+    await live_offer(
+        offers,
+        rule=rewards_pb2.AwardRule(
+            percent_of_amount=rewards_pb2.PercentOfAmount(basis_points=1000)
+        ),
+        conditions=rewards_pb2.OfferConditions(currency="EUR"),
+    )
+    submitted = await submit(offers, wallet.wallet_id, purchase(clock, 10_000))
+    (award,) = submitted.awards
+    part = 1000
+
+    async def ret() -> str:
+        try:
+            await offers.ReverseEvent(
+                offer_pb2.ReverseEventRequest(
+                    request_id=rid(), event_id=submitted.event_id, amount=part
+                )
+            )
+        except grpc.aio.AioRpcError as error:
+            return error_info_reason(error)
+        return "OK"
+
+    outcomes = await asyncio.gather(*(ret() for _ in range(12)))
+    returned = outcomes.count("OK") * part
+    assert outcomes.count("OK") == 10  # 10 x 10.00 EUR is the whole 100.00 EUR basket
+    assert set(outcomes) - {"OK"} <= {"RETURN_EXCEEDS_EVENT", "ALREADY_REVERSED"}
+    assert returned == 10_000
+    assert (await balance(wallets, wallet.wallet_id, "EUR")).available == award.amount - (
+        award.amount * returned // 10_000
+    )
+
+
+def error_info_reason(error: grpc.aio.AioRpcError) -> str:
+    from tests.helpers import error_info
+
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, error.details()
+    return error_info(error).reason

@@ -320,6 +320,8 @@ async def reverse_event(
     if event is None:
         raise NotFound("event", event_id)
     await tx.lock_wallet_for_reversal(event.wallet_id)
+    # Re-read under the wallet lock: a concurrent return of this event has committed by now.
+    event = (await tx.conn.execute(select(ce).where(ce.c.id == event_id))).one()
     awards = list(
         await tx.conn.execute(
             select(t.event_awards)
