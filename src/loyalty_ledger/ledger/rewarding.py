@@ -136,6 +136,14 @@ async def submit_event(
     """Evaluate the event and post every award, counting caps and budgets, atomically.
     Returns the recorded event's id (for ReverseEvent) and the awards."""
     wallet = await tx.lock_active_wallet(wallet_id)
+    referrer = None
+    if (
+        event.type is rewards.EventType.PURCHASE
+        and wallet.referred_by is not None
+        and wallet.referral_rewarded_at_us is None
+    ):
+        # Wallets before offers, always: the referrer's lock is taken before the offers'.
+        referrer = await tx.lock_wallet_for_reversal(wallet.referred_by)  # open, maybe frozen
     scheme, settings, evaluation, periods = await _evaluate(tx, wallet, event, decode, lock=True)
     event_id = new_id("cev")
     await tx.conn.execute(
@@ -154,18 +162,15 @@ async def submit_event(
     )
     posted = await _post(tx, wallet, event, evaluation, settings, periods, reference, event_id)
     assert scheme.id == wallet.scheme_id
-    if (
-        event.type is rewards.EventType.PURCHASE
-        and wallet.referred_by is not None
-        and wallet.referral_rewarded_at_us is None
-    ):
-        posted += await _reward_referrer(tx, wallet, event, reference, decode, event_id)
+    if referrer is not None:
+        posted += await _reward_referrer(tx, wallet, referrer, event, reference, decode, event_id)
     return event_id, posted
 
 
 async def _reward_referrer(
     tx: Tx,
     referee: WalletRecord,
+    referrer: WalletRecord,
     purchase: rewards.CustomerEvent,
     reference: str,
     decode: Decoder,
@@ -173,8 +178,6 @@ async def _reward_referrer(
 ) -> list[PostedAward]:
     """The referee's purchase as a REFERRAL event of the referrer: REFERRAL offers judge it
     (their conditions apply to the purchase) and award the referrer, once per referee."""
-    assert referee.referred_by is not None
-    referrer = await tx.lock_wallet_for_reversal(referee.referred_by)  # open, maybe frozen
     event = replace(purchase, type=rewards.EventType.REFERRAL)
     _, settings, evaluation, periods = await _evaluate(tx, referrer, event, decode, lock=True)
     if not evaluation.awards:
