@@ -58,12 +58,13 @@ def migrate(
 
 @app.command()
 def run(
-    kind: Annotated[str, typer.Argument(help="expiry | warnings | holds | inactivity")],
+    kind: Annotated[str, typer.Argument(help="expiry | warnings | holds | inactivity | birthdays")],
     database_url: Annotated[
         str | None, typer.Option(help="SQLAlchemy URL [env LOYALTY_DATABASE_URL].")
     ] = None,
 ) -> None:
     """Run one batch job now, as of the current time, and print its summary."""
+    from loyalty_ledger.api.offer_codec import decode_offer
     from loyalty_ledger.clock import SystemClock
     from loyalty_ledger.jobs.runner import Runner
     from loyalty_ledger.ledger.db import Database
@@ -75,6 +76,7 @@ def run(
         "warnings": RunKind.EXPIRY_WARNING,
         "holds": RunKind.HOLD_TIMEOUT,
         "inactivity": RunKind.INACTIVITY,
+        "birthdays": RunKind.BIRTHDAY,
     }
     if kind not in kinds:
         raise typer.BadParameter(f"choose one of {', '.join(kinds)}", param_hint="KIND")
@@ -86,7 +88,7 @@ def run(
         try:
             clock = SystemClock()
             ledger = Ledger(db, clock, idempotency_retention_us=0)
-            done = await Runner(ledger, chunk_max=settings.run_chunk_max).run(
+            done = await Runner(ledger, chunk_max=settings.run_chunk_max, decode=decode_offer).run(
                 kinds[kind], clock.now_us(), "cli"
             )
         finally:

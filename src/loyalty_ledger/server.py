@@ -20,6 +20,7 @@ from loyalty.v1 import (
 )
 
 from loyalty_ledger.api.clock_servicer import TestClockServicer
+from loyalty_ledger.api.offer_codec import decode_offer
 from loyalty_ledger.api.offer_servicer import OfferServicer
 from loyalty_ledger.api.wallet_servicer import WalletServicer
 from loyalty_ledger.clock import Clock, SystemClock, TestClock
@@ -74,7 +75,7 @@ class App:
             poll_interval_s=settings.watch_poll_seconds,
         )
         self.ledger.add_commit_listener(self.hub.notify)
-        self.runner = Runner(self.ledger, chunk_max=settings.run_chunk_max)
+        self.runner = Runner(self.ledger, chunk_max=settings.run_chunk_max, decode=decode_offer)
         self.scheduler: Scheduler | None = None
         if settings.scheduler and not isinstance(self.clock, TestClock):
             self.scheduler = Scheduler(
@@ -85,6 +86,7 @@ class App:
                     RunKind.EXPIRY: settings.expiry_interval_seconds,
                     RunKind.EXPIRY_WARNING: settings.warning_interval_seconds,
                     RunKind.INACTIVITY: settings.inactivity_interval_seconds,
+                    RunKind.BIRTHDAY: settings.birthday_interval_seconds,
                 },
                 lease_s=settings.lease_seconds,
             )

@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     warning_interval_seconds: float = Field(300.0, gt=0, le=86_400)
     hold_timeout_interval_seconds: float = Field(30.0, gt=0, le=86_400)
     inactivity_interval_seconds: float = Field(3600.0, gt=0, le=86_400)
+    # Hourly: each scheme's local midnight passes within an hour of it.
+    birthday_interval_seconds: float = Field(3600.0, gt=0, le=86_400)
     scheduler: bool = Field(
         True, description="Run the interval schedule (off with --clock=test: AdvanceTime runs)."
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
@@ -994,3 +995,67 @@ def error_info_reason(error: grpc.aio.AioRpcError) -> str:
 
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, error.details()
     return error_info(error).reason
+
+
+async def test_the_birthday_run_awards_once_a_year_in_the_scheme_timezone(
+    offers, wallets, clock, channel
+) -> None:
+    await make_scheme(offers)  # Europe/Amsterdam
+    # The test clock starts at 15 January 2026, 12:00 UTC (13:00 in Amsterdam).
+    tomorrow = (clock.now() + timedelta(days=1)).astimezone(ZoneInfo("Europe/Amsterdam"))
+    birthday = wallet_pb2.MonthDay(month=tomorrow.month, day=tomorrow.day)
+    born = (
+        await wallets.CreateWallet(
+            wallet_pb2.CreateWalletRequest(
+                request_id=rid(), scheme_id="acme", customer_ref="born", birthday=birthday
+            )
+        )
+    ).wallet
+    assert born.birthday == birthday
+    other = await make_wallet(wallets)
+    await wallets.SetWalletBirthday(
+        wallet_pb2.SetWalletBirthdayRequest(
+            request_id=rid(),
+            wallet_id=other.wallet_id,
+            birthday=wallet_pb2.MonthDay(month=tomorrow.month, day=tomorrow.day),
+        )
+    )
+    await wallets.FreezeWallet(
+        wallet_pb2.FreezeWalletRequest(request_id=rid(), wallet_id=other.wallet_id)
+    )
+    gift = 1000
+    await live_offer(
+        offers,
+        name="Birthday gift",
+        asset="POINTS",
+        rule=rewards_pb2.AwardRule(fixed_amount=rewards_pb2.FixedAmount(amount=gift)),
+        conditions=rewards_pb2.OfferConditions(
+            event_types=[rewards_pb2.CUSTOMER_EVENT_TYPE_BIRTHDAY]
+        ),
+    )
+    test_clock = clock_pb2_grpc.TestClockServiceStub(channel)
+
+    async def advance(hours: int) -> None:
+        await test_clock.AdvanceTime(
+            clock_pb2.AdvanceTimeRequest(by=Duration(seconds=hours * 3600))
+        )
+
+    await advance(10)  # 23:00 in Amsterdam: not yet
+    assert (await balance(wallets, born.wallet_id)).available == 0
+    await advance(2)  # 01:00 the next local day: the birthday
+    assert (await balance(wallets, born.wallet_id)).available == gift
+    await advance(5)  # the same birthday again: nothing more
+    assert (await balance(wallets, born.wallet_id)).available == gift
+    assert (await balance(wallets, other.wallet_id)).available == 0  # frozen: skipped
+    runs = await wallets.ListRuns(expiry_pb2.ListRunsRequest(kind=expiry_pb2.RUN_KIND_BIRTHDAY))
+    assert sum(run.items_processed for run in runs.runs) == 1
+    await rpc_error(
+        wallets.SetWalletBirthday(
+            wallet_pb2.SetWalletBirthdayRequest(
+                request_id=rid(),
+                wallet_id=born.wallet_id,
+                birthday=wallet_pb2.MonthDay(month=2, day=30),
+            )
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )

@@ -223,3 +223,12 @@ def test_wallet_tags_include_and_exclude() -> None:
     assert r.rejection(event, c, AMSTERDAM, frozenset({"vip", "banned"})) is not None
     open_to_all_but = r.Conditions(exclude_tags=frozenset({"banned"}))
     assert r.rejection(event, open_to_all_but, AMSTERDAM) is None
+
+
+def test_leap_day_birthdays_are_celebrated_on_28_february_in_common_years() -> None:
+    from datetime import date
+
+    assert r.birthdays_on(date(2027, 2, 28)) == [(2, 28), (2, 29)]
+    assert r.birthdays_on(date(2028, 2, 28)) == [(2, 28)]
+    assert r.birthdays_on(date(2028, 2, 29)) == [(2, 29)]
+    assert r.birthdays_on(date(2027, 3, 1)) == [(3, 1)]

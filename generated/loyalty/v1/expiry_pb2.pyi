@@ -38,6 +38,11 @@ class _RunKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunKind.Value
     """Expires promotional lots under an INACTIVITY policy whose wallet had no earn or spend in
     the lot's asset for the policy's days.
     """
+    RUN_KIND_BIRTHDAY: _RunKind.ValueType  # 5
+    """Submits a BIRTHDAY event for every ACTIVE wallet whose birthday is today in its scheme's
+    timezone, at most once a year per wallet (29 February birthdays count on 28 February in
+    common years).
+    """
 
 class RunKind(_RunKind, metaclass=_RunKindEnumTypeWrapper):
     """The kind of a scheduled or requested batch run."""
@@ -53,6 +58,11 @@ RUN_KIND_HOLD_TIMEOUT: RunKind.ValueType  # 3
 RUN_KIND_INACTIVITY: RunKind.ValueType  # 4
 """Expires promotional lots under an INACTIVITY policy whose wallet had no earn or spend in
 the lot's asset for the policy's days.
+"""
+RUN_KIND_BIRTHDAY: RunKind.ValueType  # 5
+"""Submits a BIRTHDAY event for every ACTIVE wallet whose birthday is today in its scheme's
+timezone, at most once a year per wallet (29 February birthdays count on 28 February in
+common years).
 """
 Global___RunKind: _TypeAlias = RunKind  # noqa: Y015
 

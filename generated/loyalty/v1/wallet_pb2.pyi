@@ -240,6 +240,7 @@ class Wallet(_message.Message):
     TAGS_FIELD_NUMBER: _builtins.int
     REFERRED_BY_WALLET_ID_FIELD_NUMBER: _builtins.int
     REFERRAL_REWARD_TIME_FIELD_NUMBER: _builtins.int
+    BIRTHDAY_FIELD_NUMBER: _builtins.int
     wallet_id: _builtins.str
     """Server-generated identifier ("wal_...")."""
     scheme_id: _builtins.str
@@ -276,6 +277,10 @@ class Wallet(_message.Message):
         for a REFERRAL offer. Unset until then.
         """
 
+    @_builtins.property
+    def birthday(self) -> Global___MonthDay:
+        """The customer's birthday, for BIRTHDAY offers (the daily birthday run); unset if unknown."""
+
     def __init__(
         self,
         *,
@@ -291,14 +296,41 @@ class Wallet(_message.Message):
         tags: _abc.Iterable[_builtins.str] | None = ...,
         referred_by_wallet_id: _builtins.str = ...,
         referral_reward_time: _timestamp_pb2.Timestamp | None = ...,
+        birthday: Global___MonthDay | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "referral_reward_time", b"referral_reward_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["birthday", b"birthday", "create_time", b"create_time", "referral_reward_time", b"referral_reward_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "customer_ref", b"customer_ref", "merged_into_wallet_id", b"merged_into_wallet_id", "metadata", b"metadata", "referral_reward_time", b"referral_reward_time", "referred_by_wallet_id", b"referred_by_wallet_id", "scheme_id", b"scheme_id", "status", b"status", "status_reason", b"status_reason", "tags", b"tags", "update_time", b"update_time", "wallet_id", b"wallet_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["birthday", b"birthday", "create_time", b"create_time", "customer_ref", b"customer_ref", "merged_into_wallet_id", b"merged_into_wallet_id", "metadata", b"metadata", "referral_reward_time", b"referral_reward_time", "referred_by_wallet_id", b"referred_by_wallet_id", "scheme_id", b"scheme_id", "status", b"status", "status_reason", b"status_reason", "tags", b"tags", "update_time", b"update_time", "wallet_id", b"wallet_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Wallet: _TypeAlias = Wallet  # noqa: Y015
+
+@_typing.final
+class MonthDay(_message.Message):
+    """A day of the year: month 1-12 and a day of that month (29 February allowed)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MONTH_FIELD_NUMBER: _builtins.int
+    DAY_FIELD_NUMBER: _builtins.int
+    month: _builtins.int
+    """The month, 1 (January) to 12."""
+    day: _builtins.int
+    """The day of the month."""
+    def __init__(
+        self,
+        *,
+        month: _builtins.int = ...,
+        day: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["day", b"day", "month", b"month"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MonthDay: _TypeAlias = MonthDay  # noqa: Y015
 
 @_typing.final
 class ExpiringAmount(_message.Message):
@@ -745,6 +777,7 @@ class CreateWalletRequest(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     TAGS_FIELD_NUMBER: _builtins.int
     REFERRED_BY_WALLET_ID_FIELD_NUMBER: _builtins.int
+    BIRTHDAY_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key, 1-64 characters."""
     scheme_id: _builtins.str
@@ -764,6 +797,10 @@ class CreateWalletRequest(_message.Message):
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Tags, at most 32, each 1-64 characters of a-z, 0-9, '-', '_' and ':'."""
 
+    @_builtins.property
+    def birthday(self) -> Global___MonthDay:
+        """The customer's birthday, for BIRTHDAY offers."""
+
     def __init__(
         self,
         *,
@@ -773,10 +810,11 @@ class CreateWalletRequest(_message.Message):
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         tags: _abc.Iterable[_builtins.str] | None = ...,
         referred_by_wallet_id: _builtins.str = ...,
+        birthday: Global___MonthDay | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["birthday", b"birthday"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_ref", b"customer_ref", "metadata", b"metadata", "referred_by_wallet_id", b"referred_by_wallet_id", "request_id", b"request_id", "scheme_id", b"scheme_id", "tags", b"tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["birthday", b"birthday", "customer_ref", b"customer_ref", "metadata", b"metadata", "referred_by_wallet_id", b"referred_by_wallet_id", "request_id", b"request_id", "scheme_id", b"scheme_id", "tags", b"tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2441,3 +2479,59 @@ class SetWalletTagsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetWalletTagsResponse: _TypeAlias = SetWalletTagsResponse  # noqa: Y015
+
+@_typing.final
+class SetWalletBirthdayRequest(_message.Message):
+    """Request of SetWalletBirthday."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    WALLET_ID_FIELD_NUMBER: _builtins.int
+    BIRTHDAY_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Idempotency key, 1-64 characters."""
+    wallet_id: _builtins.str
+    """The wallet."""
+    @_builtins.property
+    def birthday(self) -> Global___MonthDay:
+        """The birthday; unset clears it."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        wallet_id: _builtins.str = ...,
+        birthday: Global___MonthDay | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["birthday", b"birthday"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["birthday", b"birthday", "request_id", b"request_id", "wallet_id", b"wallet_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetWalletBirthdayRequest: _TypeAlias = SetWalletBirthdayRequest  # noqa: Y015
+
+@_typing.final
+class SetWalletBirthdayResponse(_message.Message):
+    """Response of SetWalletBirthday."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WALLET_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def wallet(self) -> Global___Wallet:
+        """The wallet after the change."""
+
+    def __init__(
+        self,
+        *,
+        wallet: Global___Wallet | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["wallet", b"wallet"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["wallet", b"wallet"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetWalletBirthdayResponse: _TypeAlias = SetWalletBirthdayResponse  # noqa: Y015

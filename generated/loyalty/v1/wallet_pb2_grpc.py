@@ -183,6 +183,11 @@ class WalletServiceStub:
                 request_serializer=loyalty_dot_v1_dot_wallet__pb2.SetWalletTagsRequest.SerializeToString,
                 response_deserializer=loyalty_dot_v1_dot_wallet__pb2.SetWalletTagsResponse.FromString,
                 _registered_method=True)
+        self.SetWalletBirthday = channel.unary_unary(
+                '/loyalty.v1.WalletService/SetWalletBirthday',
+                request_serializer=loyalty_dot_v1_dot_wallet__pb2.SetWalletBirthdayRequest.SerializeToString,
+                response_deserializer=loyalty_dot_v1_dot_wallet__pb2.SetWalletBirthdayResponse.FromString,
+                _registered_method=True)
         self.QuoteRedemption = channel.unary_unary(
                 '/loyalty.v1.WalletService/QuoteRedemption',
                 request_serializer=loyalty_dot_v1_dot_wallet__pb2.QuoteRedemptionRequest.SerializeToString,
@@ -420,6 +425,13 @@ class WalletServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetWalletBirthday(self, request, context):
+        """Sets or clears a wallet's birthday (not of a closed wallet). Idempotent by `request_id`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def QuoteRedemption(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -577,6 +589,11 @@ def add_WalletServiceServicer_to_server(servicer, server):
                     servicer.SetWalletTags,
                     request_deserializer=loyalty_dot_v1_dot_wallet__pb2.SetWalletTagsRequest.FromString,
                     response_serializer=loyalty_dot_v1_dot_wallet__pb2.SetWalletTagsResponse.SerializeToString,
+            ),
+            'SetWalletBirthday': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetWalletBirthday,
+                    request_deserializer=loyalty_dot_v1_dot_wallet__pb2.SetWalletBirthdayRequest.FromString,
+                    response_serializer=loyalty_dot_v1_dot_wallet__pb2.SetWalletBirthdayResponse.SerializeToString,
             ),
             'QuoteRedemption': grpc.unary_unary_rpc_method_handler(
                     servicer.QuoteRedemption,
@@ -1353,6 +1370,33 @@ class WalletService:
             '/loyalty.v1.WalletService/SetWalletTags',
             loyalty_dot_v1_dot_wallet__pb2.SetWalletTagsRequest.SerializeToString,
             loyalty_dot_v1_dot_wallet__pb2.SetWalletTagsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetWalletBirthday(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.v1.WalletService/SetWalletBirthday',
+            loyalty_dot_v1_dot_wallet__pb2.SetWalletBirthdayRequest.SerializeToString,
+            loyalty_dot_v1_dot_wallet__pb2.SetWalletBirthdayResponse.FromString,
             options,
             channel_credentials,
             insecure,

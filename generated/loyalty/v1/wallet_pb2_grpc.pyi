@@ -128,6 +128,8 @@ class WalletServiceStub:
     what they are worth. Needs the scheme's redemption rate for the asset and currency.
     Replaces a wallet's tags (not of a closed wallet). Idempotent by `request_id`.
     """
+    SetWalletBirthday: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.SetWalletBirthdayRequest, _wallet_pb2.SetWalletBirthdayResponse]
+    """Sets or clears a wallet's birthday (not of a closed wallet). Idempotent by `request_id`."""
     QuoteRedemption: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.QuoteRedemptionRequest, _wallet_pb2.QuoteRedemptionResponse]
     RedeemPoints: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.RedeemPointsRequest, _wallet_pb2.RedeemPointsResponse]
     """Spends points for a money value: the points the value costs at the scheme's rate
@@ -234,6 +236,8 @@ class WalletServiceAsyncStub(WalletServiceStub):
     what they are worth. Needs the scheme's redemption rate for the asset and currency.
     Replaces a wallet's tags (not of a closed wallet). Idempotent by `request_id`.
     """
+    SetWalletBirthday: _aio.UnaryUnaryMultiCallable[_wallet_pb2.SetWalletBirthdayRequest, _wallet_pb2.SetWalletBirthdayResponse]  # type: ignore[assignment]
+    """Sets or clears a wallet's birthday (not of a closed wallet). Idempotent by `request_id`."""
     QuoteRedemption: _aio.UnaryUnaryMultiCallable[_wallet_pb2.QuoteRedemptionRequest, _wallet_pb2.QuoteRedemptionResponse]  # type: ignore[assignment]
     RedeemPoints: _aio.UnaryUnaryMultiCallable[_wallet_pb2.RedeemPointsRequest, _wallet_pb2.RedeemPointsResponse]  # type: ignore[assignment]
     """Spends points for a money value: the points the value costs at the scheme's rate
@@ -505,6 +509,14 @@ class WalletServiceServicer(metaclass=_abc_1.ABCMeta):
         what they are worth. Needs the scheme's redemption rate for the asset and currency.
         Replaces a wallet's tags (not of a closed wallet). Idempotent by `request_id`.
         """
+
+    @_abc_1.abstractmethod
+    def SetWalletBirthday(
+        self,
+        request: _wallet_pb2.SetWalletBirthdayRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_wallet_pb2.SetWalletBirthdayResponse, _abc.Awaitable[_wallet_pb2.SetWalletBirthdayResponse]]:
+        """Sets or clears a wallet's birthday (not of a closed wallet). Idempotent by `request_id`."""
 
     @_abc_1.abstractmethod
     def QuoteRedemption(

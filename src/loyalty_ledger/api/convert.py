@@ -177,6 +177,8 @@ def wallet_to_proto(wallet: WalletRecord) -> wallet_pb2.Wallet:
         tags=wallet.tags,
         referred_by_wallet_id=wallet.referred_by or "",
     )
+    if wallet.birthday is not None:
+        out.birthday.month, out.birthday.day = wallet.birthday
     if wallet.referral_rewarded_at_us is not None:
         out.referral_reward_time.CopyFrom(timestamp(wallet.referral_rewarded_at_us))
     return out
@@ -278,6 +280,7 @@ RUN_KINDS = {
     expiry_pb2.RUN_KIND_EXPIRY_WARNING: RunKind.EXPIRY_WARNING,
     expiry_pb2.RUN_KIND_HOLD_TIMEOUT: RunKind.HOLD_TIMEOUT,
     expiry_pb2.RUN_KIND_INACTIVITY: RunKind.INACTIVITY,
+    expiry_pb2.RUN_KIND_BIRTHDAY: RunKind.BIRTHDAY,
 }
 
 

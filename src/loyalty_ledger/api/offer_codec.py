@@ -7,8 +7,11 @@ from google.protobuf import json_format
 from loyalty.v1 import rewards_pb2
 
 from loyalty_ledger.api.convert import timestamp
+from loyalty_ledger.api.offer_rules import domain_offer
+from loyalty_ledger.domain import rewards
 from loyalty_ledger.domain.offer_lifecycle import OfferStatus
 from loyalty_ledger.ledger.offers import OfferChangeRecord, OfferRecord
+from loyalty_ledger.ledger.rewarding import AwardSettings
 
 # Fields the server sets; never part of a stored definition.
 OUTPUT_ONLY = (
@@ -69,3 +72,8 @@ def change_to_proto(change: OfferChangeRecord, scheme_id: str) -> rewards_pb2.Of
         offer=offer,
         create_time=timestamp(change.created_at_us),
     )
+
+
+def decode_offer(record: OfferRecord) -> tuple[rewards.Offer, AwardSettings]:
+    """A stored offer as the domain evaluates it (the ledger's `Decoder`)."""
+    return domain_offer(record.id, definition_proto(record.definition))

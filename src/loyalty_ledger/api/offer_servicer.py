@@ -9,14 +9,13 @@ import grpc
 from google.protobuf.message import Message
 from loyalty.v1 import offer_pb2, offer_pb2_grpc, rewards_pb2
 
-from loyalty_ledger.api import convert, limits, offer_rules
+from loyalty_ledger.api import convert, limits, offer_codec, offer_rules
 from loyalty_ledger.api.errors import rpc_errors, status_for
 from loyalty_ledger.api.mutate import mutate
 from loyalty_ledger.api.offer_codec import (
     STATUS_FROM_PROTO,
     change_to_proto,
     definition_json,
-    definition_proto,
     offer_to_proto,
 )
 from loyalty_ledger.api.validation import Checks
@@ -465,7 +464,7 @@ class OfferServicer(offer_pb2_grpc.OfferServiceServicer):
 
         async def op(tx: Tx) -> offer_pb2.SubmitEventResponse:
             event_id, posted = await rewarding.submit_event(
-                tx, request.wallet_id, event, request.event.reference, _decode
+                tx, request.wallet_id, event, request.event.reference, offer_codec.decode_offer
             )
             return offer_pb2.SubmitEventResponse(
                 awards=[_award_to_proto(p) for p in posted],
@@ -528,7 +527,9 @@ class OfferServicer(offer_pb2_grpc.OfferServiceServicer):
     ) -> offer_pb2.EvaluateEventResponse:
         event = self._event(None, request.wallet_id, request.event)
         posted = await self.ledger.read(
-            lambda r: rewarding.evaluate_event(r, request.wallet_id, event, _decode)
+            lambda r: rewarding.evaluate_event(
+                r, request.wallet_id, event, offer_codec.decode_offer
+            )
         )
         return offer_pb2.EvaluateEventResponse(
             awards=[_award_to_proto(p) for p in posted],
@@ -661,12 +662,6 @@ def _batch_to_proto(record: promotions.BatchRecord) -> offer_pb2.PromotionCodeBa
     if spec.valid_until_us is not None:
         out.valid_until.CopyFrom(convert.timestamp(spec.valid_until_us))
     return out
-
-
-def _decode(
-    record: offer_store.OfferRecord,
-) -> tuple[rewards.Offer, rewarding.AwardSettings]:
-    return offer_rules.domain_offer(record.id, definition_proto(record.definition))
 
 
 def _award_to_proto(posted: rewarding.PostedAward) -> rewards_pb2.OfferAward:

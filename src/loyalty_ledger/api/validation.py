@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -63,6 +64,13 @@ class Checks:
             return
         for i, value in enumerate(values):
             self.resource_id(f"{field_path}[{i}]", value)
+
+    def month_day(self, field_path: str, month: int, day: int) -> tuple[int, int] | None:
+        """A day of the year (29 February allowed), or None with a violation."""
+        if not 1 <= month <= 12 or not 1 <= day <= calendar.monthrange(2024, month)[1]:
+            self.fail(field_path, "not a day of the year (month 1-12 and a day of that month)")
+            return None
+        return month, day
 
     def tags(self, field_path: str, values: Iterable[str]) -> None:
         values = list(values)

@@ -71,6 +71,9 @@ class WalletServicer(ExpiryRpcs, wallet_pb2_grpc.WalletServiceServicer):
         checks.tags("tags", request.tags)
         if request.referred_by_wallet_id:
             checks.resource_id("referred_by_wallet_id", request.referred_by_wallet_id)
+        birthday = None
+        if request.HasField("birthday"):
+            birthday = checks.month_day("birthday", request.birthday.month, request.birthday.day)
         checks.done()
 
         async def op(tx: Tx) -> wallet_pb2.CreateWalletResponse:
@@ -80,6 +83,7 @@ class WalletServicer(ExpiryRpcs, wallet_pb2_grpc.WalletServiceServicer):
                 dict(request.metadata),
                 request.tags,
                 request.referred_by_wallet_id or None,
+                birthday,
             )
             return wallet_pb2.CreateWalletResponse(wallet=convert.wallet_to_proto(wallet))
 
@@ -384,6 +388,26 @@ class WalletServicer(ExpiryRpcs, wallet_pb2_grpc.WalletServiceServicer):
 
         return await mutate(
             self.ledger, "SetWalletTags", request, wallet_pb2.SetWalletTagsResponse, op
+        )
+
+    @rpc_errors
+    async def SetWalletBirthday(
+        self, request: wallet_pb2.SetWalletBirthdayRequest, context: Ctx
+    ) -> wallet_pb2.SetWalletBirthdayResponse:
+        checks = Checks()
+        checks.request_id(request.request_id)
+        checks.resource_id("wallet_id", request.wallet_id)
+        birthday = None
+        if request.HasField("birthday"):
+            birthday = checks.month_day("birthday", request.birthday.month, request.birthday.day)
+        checks.done()
+
+        async def op(tx: Tx) -> wallet_pb2.SetWalletBirthdayResponse:
+            wallet = await tx.set_wallet_birthday(request.wallet_id, birthday)
+            return wallet_pb2.SetWalletBirthdayResponse(wallet=convert.wallet_to_proto(wallet))
+
+        return await mutate(
+            self.ledger, "SetWalletBirthday", request, wallet_pb2.SetWalletBirthdayResponse, op
         )
 
     @rpc_errors

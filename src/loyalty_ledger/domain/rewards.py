@@ -9,9 +9,10 @@ left.
 
 from __future__ import annotations
 
+import calendar
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from enum import Enum
 from zoneinfo import ZoneInfo
 
@@ -406,3 +407,12 @@ def evaluate(
     )
     kept = [a for a in awards if a.offer_id not in exclusive or a is best]
     return Evaluation(kept, frozenset(qualified))
+
+
+def birthdays_on(local: date) -> list[tuple[int, int]]:
+    """The (month, day) birthdays celebrated on a local date: 29 February birthdays are
+    celebrated on 28 February in common years."""
+    days = [(local.month, local.day)]
+    if (local.month, local.day) == (2, 28) and not calendar.isleap(local.year):
+        days.append((2, 29))
+    return days

@@ -13,19 +13,34 @@ from collections.abc import Awaitable, Callable
 
 from loyalty_ledger.ledger.engine import Tx
 from loyalty_ledger.ledger.records import RunKind, RunRecord, RunStatus
+from loyalty_ledger.ledger.rewarding import Decoder, birthday_chunk
 from loyalty_ledger.ledger.service import Ledger
 
 log = logging.getLogger(__name__)
 
 RUN_CHUNK_MAX_DEFAULT = 2_000
 # The order a full pass takes: holds first (their value may then expire), warnings last.
-RUN_ORDER = (RunKind.HOLD_TIMEOUT, RunKind.EXPIRY, RunKind.INACTIVITY, RunKind.EXPIRY_WARNING)
+RUN_ORDER = (
+    RunKind.HOLD_TIMEOUT,
+    RunKind.EXPIRY,
+    RunKind.INACTIVITY,
+    RunKind.EXPIRY_WARNING,
+    RunKind.BIRTHDAY,
+)
 
 
 class Runner:
     """Starts, resumes and finishes runs against the ledger."""
 
-    def __init__(self, ledger: Ledger, *, chunk_max: int = RUN_CHUNK_MAX_DEFAULT) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        *,
+        chunk_max: int = RUN_CHUNK_MAX_DEFAULT,
+        decode: Decoder | None = None,
+    ) -> None:
+        """`decode` turns stored offers into domain offers (the API layer's); without it there
+        is no BIRTHDAY run (it evaluates offers)."""
         if chunk_max < 1:
             raise ValueError("chunk_max must be positive")
         self.ledger = ledger
@@ -40,6 +55,10 @@ class Runner:
                 run.id, run.as_of_us, chunk_max
             ),
         }
+        if decode is not None:
+            self._steps[RunKind.BIRTHDAY] = lambda tx, run: birthday_chunk(
+                tx, run.id, run.as_of_us, chunk_max, decode
+            )
 
     async def start(self, kind: RunKind, as_of_us: int, trigger: str) -> RunRecord:
         """Record a new run (it does nothing until `complete`)."""
@@ -84,4 +103,6 @@ class Runner:
 
     async def run_all_due(self, as_of_us: int, trigger: str) -> list[RunRecord]:
         """One run of every kind, in RUN_ORDER (used by the test clock and the CLI)."""
-        return [await self.run(kind, as_of_us, trigger) for kind in RUN_ORDER]
+        return [
+            await self.run(kind, as_of_us, trigger) for kind in RUN_ORDER if kind in self._steps
+        ]

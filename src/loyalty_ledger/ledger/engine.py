@@ -551,6 +551,7 @@ class PostingTx(Reader):
         metadata: dict[str, str],
         tags: Iterable[str] = (),
         referred_by: str | None = None,
+        birthday: tuple[int, int] | None = None,
     ) -> WalletRecord:
         await self.get_scheme(scheme_id)
         if referred_by is not None:
@@ -587,6 +588,8 @@ class PostingTx(Reader):
                 updated_at_us=self.now_us,
                 tags=json.dumps(sorted(set(tags))),
                 referred_by=referred_by,
+                birth_month=birthday[0] if birthday else None,
+                birth_day=birthday[1] if birthday else None,
             ),
             AlreadyExists(
                 f"customer {customer_ref!r} already has a wallet in scheme {scheme_id}",
@@ -682,6 +685,15 @@ class PostingTx(Reader):
         wallet = await self._lock_wallet(wallet_id)
         self._require_open(wallet)
         return await self._set_wallet(wallet, tags=json.dumps(sorted(set(tags))))
+
+    async def set_wallet_birthday(
+        self, wallet_id: str, birthday: tuple[int, int] | None
+    ) -> WalletRecord:
+        """Set or clear a wallet's birthday (month, day), read by the birthday run."""
+        wallet = await self._lock_wallet(wallet_id)
+        self._require_open(wallet)
+        month, day = birthday if birthday else (None, None)
+        return await self._set_wallet(wallet, birth_month=month, birth_day=day)
 
     async def lock_wallet_for_reversal(self, wallet_id: str) -> WalletRecord:
         """Lock a wallet for a claw-back: a frozen wallet can still be reversed (fraud), a

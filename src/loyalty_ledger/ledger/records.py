@@ -101,6 +101,7 @@ class WalletRecord:
     tags: list[str] = field(default_factory=list)
     referred_by: str | None = None
     referral_rewarded_at_us: int | None = None
+    birthday: tuple[int, int] | None = None  # (month, day)
 
     @classmethod
     def from_row(cls, row: Any) -> WalletRecord:
@@ -117,6 +118,7 @@ class WalletRecord:
             tags=json.loads(row.tags),
             referred_by=row.referred_by,
             referral_rewarded_at_us=row.referral_rewarded_at_us,
+            birthday=(row.birth_month, row.birth_day) if row.birth_month else None,
         )
 
 
@@ -291,6 +293,7 @@ class RunKind(enum.StrEnum):
     EXPIRY_WARNING = "EXPIRY_WARNING"
     HOLD_TIMEOUT = "HOLD_TIMEOUT"
     INACTIVITY = "INACTIVITY"
+    BIRTHDAY = "BIRTHDAY"
 
 
 class RunStatus(enum.StrEnum):

@@ -21,14 +21,21 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from loyalty_ledger.domain import rewards
 from loyalty_ledger.domain.errors import FailedPrecondition, InvalidArgument, NotFound
 from loyalty_ledger.domain.expiry import ExpiryPolicy
+from loyalty_ledger.domain.offer_lifecycle import OfferStatus
 from loyalty_ledger.domain.spend_order import Funding
-from loyalty_ledger.domain.timeutil import to_us
+from loyalty_ledger.domain.timeutil import from_us, to_us
 from loyalty_ledger.ledger import offers as offer_store
 from loyalty_ledger.ledger import tables as t
 from loyalty_ledger.ledger.engine import OPERATOR_SPONSOR, CreditCommand, Tx
 from loyalty_ledger.ledger.ids import new_id
 from loyalty_ledger.ledger.reads import Reader
-from loyalty_ledger.ledger.records import SchemeRecord, TransactionRecord, TxType, WalletRecord
+from loyalty_ledger.ledger.records import (
+    SchemeRecord,
+    TransactionRecord,
+    TxType,
+    WalletRecord,
+    WalletStatus,
+)
 
 QUALIFYING = "QUALIFYING"  # offer_usage window counting qualifying purchases
 
@@ -255,6 +262,62 @@ async def _post(
     for offer_id in evaluation.qualified:
         await _bump(tx.conn, offer_id, wallet.id, QUALIFYING, "", 1, 0)
     return posted
+
+
+# -- birthdays --------------------------------------------------------------------------------
+
+
+async def birthday_chunk(
+    tx: Tx, run_id: str | None, as_of_us: int, chunk_max: int, decode: Decoder
+) -> int:
+    """Submit a BIRTHDAY event for up to `chunk_max` ACTIVE wallets whose birthday is the local
+    date of `as_of_us` in their scheme and that had none this local year. Returns how many."""
+    w, done_table = t.wallets, t.birthday_events
+    schemes = await tx.conn.execute(
+        select(t.offers.c.scheme_id)
+        .where(t.offers.c.status == OfferStatus.ACTIVE.value)
+        .distinct()
+        .order_by(t.offers.c.scheme_id)
+    )
+    done = 0
+    for scheme_id in [row.scheme_id for row in schemes]:
+        scheme = await tx.get_scheme(scheme_id)
+        local = from_us(as_of_us).astimezone(ZoneInfo(scheme.timezone))
+        celebrated = done_table.c.wallet_id == w.c.id
+        rows = await tx.conn.execute(
+            select(w.c.id)
+            .where(
+                w.c.scheme_id == scheme.id,
+                w.c.status == WalletStatus.ACTIVE.value,
+                or_(
+                    *(
+                        and_(w.c.birth_month == month, w.c.birth_day == day)
+                        for month, day in rewards.birthdays_on(local.date())
+                    )
+                ),
+                ~select(done_table.c.wallet_id)
+                .where(celebrated, done_table.c.year == local.year)
+                .exists(),
+            )
+            .order_by(w.c.id)
+            .limit(chunk_max - done)
+        )
+        for wallet_id in [row.id for row in rows]:
+            event = rewards.CustomerEvent(rewards.EventType.BIRTHDAY, from_us(as_of_us))
+            event_id, _ = await submit_event(tx, wallet_id, event, f"birthday-{local.year}", decode)
+            await tx.conn.execute(
+                done_table.insert().values(
+                    wallet_id=wallet_id,
+                    year=local.year,
+                    event_id=event_id,
+                    run_id=run_id,
+                    created_at_us=tx.now_us,
+                )
+            )
+            done += 1
+        if done >= chunk_max:
+            break
+    return done
 
 
 # -- returns --------------------------------------------------------------------------------

@@ -80,6 +80,8 @@ wallets = Table(
     Column("tags", Text, nullable=False, server_default="[]"),  # JSON list, sorted
     Column("referred_by", Id, nullable=True),  # the referrer's wallet
     Column("referral_rewarded_at_us", Us, nullable=True),
+    Column("birth_month", Integer, nullable=True),
+    Column("birth_day", Integer, nullable=True),
     UniqueConstraint("scheme_id", "customer_ref"),
     Index(None, "created_at_us", "id"),
     Index(None, "scheme_id", "created_at_us", "id"),
@@ -417,4 +419,15 @@ code_redemptions = Table(
     Column("redemptions", BigInteger, nullable=False),
     Column("max_redemptions", BigInteger, nullable=False),
     CheckConstraint("redemptions >= 1 AND redemptions <= max_redemptions", name="within_limit"),
+)
+
+# The birthday run's record: one BIRTHDAY event per wallet and local year, whatever reruns.
+birthday_events = Table(
+    "birthday_events",
+    metadata,
+    Column("wallet_id", Id, ForeignKey("wallets.id"), primary_key=True),
+    Column("year", Integer, primary_key=True),
+    Column("event_id", Id, nullable=False),
+    Column("run_id", Id, nullable=True),
+    Column("created_at_us", Us, nullable=False),
 )
