@@ -3,7 +3,6 @@ so every mistake comes back as a BadRequest violation naming the proto field."""
 
 from __future__ import annotations
 
-import calendar
 from datetime import UTC
 
 from loyalty.v1 import rewards_pb2
@@ -159,11 +158,11 @@ def _conditions(checks: Checks, offer: rewards_pb2.Offer, scheme: SchemeRecord, 
         checks.fail(f"{path}.seasons", f"at most {SEASONS_MAX}")
     for i, season in enumerate(c.seasons[:SEASONS_MAX]):
         for end_name in ("start", "end"):
-            month = getattr(season, f"{end_name}_month")
-            day = getattr(season, f"{end_name}_day")
-            # A leap year, so 29 February is a valid season day.
-            if not 1 <= month <= 12 or not 1 <= day <= calendar.monthrange(2024, month)[1]:
-                checks.fail(f"{path}.seasons[{i}].{end_name}_day", "not a day of the year")
+            checks.month_day(
+                f"{path}.seasons[{i}].{end_name}_day",
+                getattr(season, f"{end_name}_month"),
+                getattr(season, f"{end_name}_day"),
+            )
     checks.ids(f"{path}.merchant_ids", c.merchant_ids)
     checks.ids(f"{path}.payment_methods", c.payment_methods)
     checks.tags(f"{path}.include_tags", c.include_tags)
