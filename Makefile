@@ -7,12 +7,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-PY_DIRS := $(wildcard src tests bench scripts)
+PY_DIRS := $(wildcard src tests bench scripts examples)
 
 export LOYALTY_HOST ?= 127.0.0.1
 export LOYALTY_PORT ?= 50051
 
-.PHONY: help venv run migrate test lint format generate check-generated pytest typecheck clean
+.PHONY: help venv run migrate test lint format generate check-generated pytest typecheck clean \
+	examples example-node example-python
 
 help:
 	@echo "make run    - create .venv, install, migrate the SQLite database and serve on $(LOYALTY_HOST):$(LOYALTY_PORT)"
@@ -64,6 +65,15 @@ pytest: $(STAMP)
 	$(BIN)/pytest -q
 
 test: lint check-generated typecheck pytest
+
+# Each starts a server on a free port with a throwaway SQLite database and runs one client.
+examples: example-node example-python
+
+example-node: $(STAMP)
+	bash examples/run-example.sh node
+
+example-python: $(STAMP)
+	bash examples/run-example.sh python
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache .mypy_cache
