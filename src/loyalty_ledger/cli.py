@@ -1,17 +1,45 @@
-"""The `loyalty` command: serve, migrate and run."""
+"""The `loyalty` command: serve, migrate and run, plus client commands against a running
+server (wallet, balance, watch, run --address, export expirations).
+
+Client commands talk gRPC to `--address` (env LOYALTY_ADDRESS; default the LOYALTY_HOST and
+LOYALTY_PORT the server reads, 127.0.0.1:50051). A failed call prints one line,
+`error: <STATUS CODE> <REASON>: <message>`, and exits with code 1.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import csv
+import json
 import logging
-from typing import Annotated, Any
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
 from loyalty_ledger.ledger import migrate as migrations
 from loyalty_ledger.settings import Settings
 
+if TYPE_CHECKING:
+    import grpc
+    from google.protobuf.message import Message
+    from google.protobuf.timestamp_pb2 import Timestamp
+    from rich.console import Console
+
 app = typer.Typer(no_args_is_help=True, help="Loyalty ledger with expiring balances.")
+export_app = typer.Typer(no_args_is_help=True, help="Export data from a running server.")
+app.add_typer(export_app, name="export")
+
+DEFAULT_TIMEOUT_S = 10.0
+EXIT_ERROR = 1
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -56,14 +84,367 @@ def migrate(
     )
 
 
+# -- client commands: shared parts ----------------------------------------------------------
+
+AddressOption = Annotated[
+    str | None,
+    typer.Option(
+        "--address",
+        "-a",
+        envvar="LOYALTY_ADDRESS",
+        help="Server HOST:PORT [env LOYALTY_ADDRESS; default LOYALTY_HOST:LOYALTY_PORT].",
+        show_default=False,
+    ),
+]
+TimeoutOption = Annotated[float, typer.Option(help="Seconds to wait for each call.", min=0.1)]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print proto3 JSON instead of a table.")]
+
+
+def _address(address: str | None) -> str:
+    """`--address`, else where `loyalty serve` listens by default (a wildcard as loopback)."""
+    if address:
+        return address
+    settings = _settings()
+    host = settings.host if settings.host not in ("", "0.0.0.0", "::", "[::]") else "127.0.0.1"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{settings.port or 50051}"
+
+
+def _console(stderr: bool = False) -> Console:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=stderr)
+
+
+def _error_reason(error: grpc.RpcError) -> tuple[str, dict[str, str]]:
+    """The ErrorInfo reason and metadata of a failed call, if the server attached them."""
+    from google.rpc import error_details_pb2, status_pb2
+
+    for key, value in getattr(error, "trailing_metadata", lambda: None)() or ():
+        if key != "grpc-status-details-bin":
+            continue
+        status = status_pb2.Status()
+        with contextlib.suppress(Exception):
+            status.ParseFromString(value)
+        for detail in status.details:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                return info.reason, dict(info.metadata)
+    return "", {}
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(EXIT_ERROR)
+
+
+def _fail_rpc(error: grpc.RpcError) -> NoReturn:
+    """One line: status code, ErrorInfo reason (when there is one) and the message."""
+    code = error.code()  # type: ignore[attr-defined]
+    reason, _ = _error_reason(error)
+    details = " ".join(str(error.details() or "").split())  # type: ignore[attr-defined]
+    _fail(f"{code.name}{' ' + reason if reason else ''}: {details or 'no details'}")
+
+
+@contextlib.contextmanager
+def _channel(address: str | None) -> Iterator[grpc.Channel]:
+    """A channel to the server; gRPC errors inside the block end the command with one line."""
+    import grpc
+
+    target = _address(address)
+    channel = grpc.insecure_channel(target)
+    try:
+        yield channel
+    except grpc.RpcError as error:
+        _fail_rpc(error)
+    finally:
+        channel.close()
+
+
+def _ts(stamp: Timestamp, *, precise: bool = False) -> str:
+    """A set Timestamp as ISO 8601 UTC (to the second unless `precise`), or "-"."""
+    if not stamp.seconds and not stamp.nanos:
+        return "-"
+    moment = stamp.ToDatetime(tzinfo=UTC)
+    return moment.isoformat(timespec="auto" if precise else "seconds").replace("+00:00", "Z")
+
+
+def _duration(seconds: int) -> str:
+    """48 h as "48h", 7 days as "7d"."""
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _parse_time(value: str, option: str) -> datetime:
+    """An ISO 8601 instant; without an offset it is taken as UTC."""
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise typer.BadParameter(f"not an ISO 8601 time: {value!r}", param_hint=option) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _amount(minor: int, scale: int | None) -> str:
+    """Minor units as a decimal in the asset's scale (raw minor units if the scale is unknown)."""
+    if not scale:
+        return str(minor)
+    sign = "-" if minor < 0 else ""
+    whole, frac = divmod(abs(minor), 10**scale)
+    return f"{sign}{whole}.{frac:0{scale}d}"
+
+
+def _scales(channel: grpc.Channel, scheme_id: str, timeout: float) -> dict[str, int]:
+    from loyalty.v1 import offer_pb2, offer_pb2_grpc
+
+    scheme = (
+        offer_pb2_grpc.OfferServiceStub(channel)
+        .GetScheme(offer_pb2.GetSchemeRequest(scheme_id=scheme_id), timeout=timeout)
+        .scheme
+    )
+    return {asset.code: asset.scale for asset in scheme.assets}
+
+
+def _print_json(message: Message) -> None:
+    from google.protobuf import json_format
+
+    typer.echo(json_format.MessageToJson(message, preserving_proto_field_name=True, indent=2))
+
+
+def _enum_name(enum_type: Any, value: int, prefix: str) -> str:
+    try:
+        name: str = enum_type.Name(value)
+    except ValueError:
+        return str(value)
+    return name.removeprefix(prefix)
+
+
+# -- wallet, balance ------------------------------------------------------------------------
+
+
+@app.command()
+def wallet(
+    wallet_id: Annotated[str, typer.Argument(help="The wallet id (wal_...).")],
+    address: AddressOption = None,
+    timeout: TimeoutOption = DEFAULT_TIMEOUT_S,
+    as_json: JsonOption = False,
+) -> None:
+    """Show a wallet (GetWallet) on a running server."""
+    from loyalty.v1 import wallet_pb2, wallet_pb2_grpc
+    from rich.table import Table
+
+    with _channel(address) as channel:
+        found = (
+            wallet_pb2_grpc.WalletServiceStub(channel)
+            .GetWallet(wallet_pb2.GetWalletRequest(wallet_id=wallet_id), timeout=timeout)
+            .wallet
+        )
+    if as_json:
+        _print_json(found)
+        return
+    table = Table(show_header=False, title=f"wallet {found.wallet_id}", title_justify="left")
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    status = _enum_name(wallet_pb2.WalletStatus, found.status, "WALLET_STATUS_")
+    rows = [
+        ("scheme", found.scheme_id),
+        ("customer", found.customer_ref),
+        ("status", status + (f" ({found.status_reason})" if found.status_reason else "")),
+        ("merged into", found.merged_into_wallet_id),
+        ("tags", ", ".join(found.tags)),
+        (
+            "birthday",
+            f"{found.birthday.month:02d}-{found.birthday.day:02d}"
+            if found.HasField("birthday")
+            else "",
+        ),
+        ("referred by", found.referred_by_wallet_id),
+        ("metadata", ", ".join(f"{k}={v}" for k, v in sorted(found.metadata.items()))),
+        ("created", _ts(found.create_time)),
+        ("updated", _ts(found.update_time)),
+    ]
+    for name, value in rows:
+        if value:
+            table.add_row(name, value)
+    _console().print(table)
+
+
+@app.command()
+def balance(
+    wallet_id: Annotated[str, typer.Argument(help="The wallet id (wal_...).")],
+    asset: Annotated[str | None, typer.Option(help="Only this asset.")] = None,
+    address: AddressOption = None,
+    timeout: TimeoutOption = DEFAULT_TIMEOUT_S,
+    as_json: JsonOption = False,
+) -> None:
+    """Show a wallet's balance per asset (GetBalance) on a running server."""
+    from loyalty.v1 import wallet_pb2, wallet_pb2_grpc
+    from rich.table import Table
+
+    with _channel(address) as channel:
+        stub = wallet_pb2_grpc.WalletServiceStub(channel)
+        response = stub.GetBalance(
+            wallet_pb2.GetBalanceRequest(wallet_id=wallet_id, asset=asset or ""), timeout=timeout
+        )
+        if as_json:
+            _print_json(response)
+            return
+        scheme_id = stub.GetWallet(
+            wallet_pb2.GetWalletRequest(wallet_id=wallet_id), timeout=timeout
+        ).wallet.scheme_id
+        scales = _scales(channel, scheme_id, timeout)
+    table = Table(
+        title=f"balance of {wallet_id} ({scheme_id})",
+        title_justify="left",
+        caption=f"as of {_ts(response.as_of_time)}; amounts in asset units",
+        caption_justify="left",
+    )
+    table.add_column("asset")
+    for column in ("available", "pending", "held"):
+        table.add_column(column, justify="right")
+    table.add_column("next expirations")
+    for item in response.balances:
+        scale = scales.get(item.asset)
+        upcoming = "\n".join(
+            f"{_amount(e.amount, scale)} at {_ts(e.expire_time)}" for e in item.next_expirations
+        )
+        table.add_row(
+            item.asset,
+            _amount(item.available, scale),
+            _amount(item.pending, scale),
+            _amount(item.held, scale),
+            upcoming or "-",
+        )
+    _console().print(table)
+
+
+# -- run ------------------------------------------------------------------------------------
+
+
+class RunChoice(StrEnum):
+    expiry = "expiry"
+    warnings = "warnings"
+    hold_timeout = "hold-timeout"
+    holds = "holds"  # the earlier name of hold-timeout
+    inactivity = "inactivity"
+    birthdays = "birthdays"
+
+
+_RUN_KIND_NAMES = {
+    RunChoice.expiry: "EXPIRY",
+    RunChoice.warnings: "EXPIRY_WARNING",
+    RunChoice.hold_timeout: "HOLD_TIMEOUT",
+    RunChoice.holds: "HOLD_TIMEOUT",
+    RunChoice.inactivity: "INACTIVITY",
+    RunChoice.birthdays: "BIRTHDAY",
+}
+
+
 @app.command()
 def run(
-    kind: Annotated[str, typer.Argument(help="expiry | warnings | holds | inactivity | birthdays")],
+    kind: Annotated[
+        RunChoice, typer.Argument(help="What to run.", case_sensitive=False, show_default=False)
+    ],
+    address: Annotated[
+        str | None,
+        typer.Option(
+            "--address",
+            "-a",
+            envvar="LOYALTY_ADDRESS",
+            help="Ask the server at HOST:PORT to run it (RunExpiry) [env LOYALTY_ADDRESS]. "
+            "Without it the command opens the database itself.",
+            show_default=False,
+        ),
+    ] = None,
+    as_of: Annotated[
+        str | None,
+        typer.Option(
+            help="With --address: process what is due at this ISO 8601 time (not "
+            "in the future); default now."
+        ),
+    ] = None,
+    request_id: Annotated[
+        str | None,
+        typer.Option(
+            help="With --address: idempotency key; a retry with it returns the same "
+            "run. Default: a new one."
+        ),
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option(help="With --address: seconds to wait for the run.", min=0.1)
+    ] = 600.0,
     database_url: Annotated[
         str | None, typer.Option(help="SQLAlchemy URL [env LOYALTY_DATABASE_URL].")
     ] = None,
 ) -> None:
-    """Run one batch job now, as of the current time, and print its summary."""
+    """Run one batch job now and print its summary.
+
+    With --address the running server does it (RunExpiry), through its own writer and clock.
+    Without it the command opens LOYALTY_DATABASE_URL and runs it as of the system time.
+    Exits with 1 if the run failed.
+    """
+    kind_name = _RUN_KIND_NAMES[kind]
+    if address:
+        if database_url:
+            raise typer.BadParameter("give --address or --database-url, not both")
+        _run_on_server(kind_name, address, as_of, request_id, timeout)
+        return
+    if as_of or request_id:
+        raise typer.BadParameter("--as-of and --request-id need --address")
+    _run_in_process(kind_name, database_url)
+
+
+def _run_on_server(
+    kind_name: str, address: str, as_of: str | None, request_id: str | None, timeout: float
+) -> None:
+    from loyalty.v1 import expiry_pb2, wallet_pb2_grpc
+    from rich.table import Table
+
+    request = expiry_pb2.RunExpiryRequest(
+        request_id=request_id or f"cli-run-{uuid.uuid4().hex}",
+        kind=expiry_pb2.RunKind.Value(f"RUN_KIND_{kind_name}"),
+    )
+    if as_of:
+        request.as_of_time.FromDatetime(_parse_time(as_of, "--as-of"))
+    with _channel(address) as channel:
+        with _console(stderr=True).status(f"running {kind_name} on {address} ..."):
+            finished = (
+                wallet_pb2_grpc.WalletServiceStub(channel).RunExpiry(request, timeout=timeout).run
+            )
+    status = _enum_name(expiry_pb2.RunStatus, finished.status, "RUN_STATUS_")
+    table = Table(show_header=False, title=f"run {finished.run_id}", title_justify="left")
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    duration = "-"
+    if finished.HasField("finish_time"):
+        seconds = (
+            finished.finish_time.ToDatetime() - finished.start_time.ToDatetime()
+        ).total_seconds()
+        duration = f"{seconds:.3f} s"
+    for name, value in [
+        ("kind", _enum_name(expiry_pb2.RunKind, finished.kind, "RUN_KIND_")),
+        ("status", status),
+        ("as of", _ts(finished.as_of_time)),
+        ("items processed", str(finished.items_processed)),
+        ("chunks committed", str(finished.chunks_committed)),
+        ("trigger", finished.trigger),
+        ("started", _ts(finished.start_time)),
+        ("finished", _ts(finished.finish_time)),
+        ("duration", duration),
+        ("request id", request.request_id),
+    ]:
+        table.add_row(name, value)
+    if finished.error:
+        table.add_row("error", finished.error)
+    _console().print(table)
+    if finished.status == expiry_pb2.RUN_STATUS_FAILED:
+        raise typer.Exit(EXIT_ERROR)
+
+
+def _run_in_process(kind_name: str, database_url: str | None) -> None:
     from loyalty_ledger.api.offer_codec import decode_offer
     from loyalty_ledger.clock import SystemClock
     from loyalty_ledger.jobs.runner import Runner
@@ -71,15 +452,6 @@ def run(
     from loyalty_ledger.ledger.records import RunKind
     from loyalty_ledger.ledger.service import Ledger
 
-    kinds = {
-        "expiry": RunKind.EXPIRY,
-        "warnings": RunKind.EXPIRY_WARNING,
-        "holds": RunKind.HOLD_TIMEOUT,
-        "inactivity": RunKind.INACTIVITY,
-        "birthdays": RunKind.BIRTHDAY,
-    }
-    if kind not in kinds:
-        raise typer.BadParameter(f"choose one of {', '.join(kinds)}", param_hint="KIND")
     settings = _settings(database_url=database_url)
 
     async def go() -> None:
@@ -89,7 +461,7 @@ def run(
             clock = SystemClock()
             ledger = Ledger(db, clock, idempotency_retention_us=0)
             done = await Runner(ledger, chunk_max=settings.run_chunk_max, decode=decode_offer).run(
-                kinds[kind], clock.now_us(), "cli"
+                RunKind(kind_name), clock.now_us(), "cli"
             )
         finally:
             await db.close()
@@ -97,8 +469,281 @@ def run(
             f"run {done.id} ({done.kind.value}) {done.status.value}: "
             f"{done.items_processed} items in {done.chunks_committed} chunks"
         )
+        if done.error:
+            typer.echo(f"error: {done.error}", err=True)
+        if done.status.value == "FAILED":
+            raise typer.Exit(EXIT_ERROR)
 
     asyncio.run(go())
+
+
+# -- watch ----------------------------------------------------------------------------------
+
+
+class EventChoice(StrEnum):
+    expiring_soon = "expiring-soon"
+    expired = "expired"
+    hold_expired = "hold-expired"
+
+
+RECONNECT_DELAY_MAX_S = 30.0
+SEEN_EVENT_IDS_MAX = 100_000  # event ids remembered for deduplication
+
+
+def _read_cursor(path: Path) -> int | None:
+    """The sequence stored in a cursor file, or None if there is no file yet."""
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        _fail(f"cannot read cursor file {path}: {error.strerror}")
+    if not text.isdigit():
+        _fail(f"cursor file {path} does not hold a sequence number: {text[:40]!r}")
+    return int(text)
+
+
+def _write_cursor(path: Path, sequence: int) -> None:
+    """Replace the cursor file atomically: a crash leaves the old or the new sequence."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    partial.write_text(f"{sequence}\n")
+    os.replace(partial, path)
+
+
+def _event_line(event: Any, scales: Callable[[str], dict[str, int]]) -> str:
+    from loyalty.v1 import expiry_pb2
+
+    kind = _enum_name(expiry_pb2.ExpirationEventType, event.type, "EXPIRATION_EVENT_TYPE_")
+    style = {"EXPIRING_SOON": "yellow", "EXPIRED": "red", "HOLD_EXPIRED": "cyan"}.get(kind, "")
+    amount = _amount(event.amount, scales(event.scheme_id).get(event.asset))
+    subject = f"lot {event.lot_id}" if event.lot_id else f"hold {event.hold_id}"
+    line = (
+        f"[dim]#{event.sequence}[/] [{style}]{kind:<13}[/] {event.scheme_id} {event.wallet_id}"
+        f" ({event.customer_ref}) {subject} {amount} {event.asset}"
+        f" {'expires' if kind == 'EXPIRING_SOON' else 'at'} {_ts(event.expire_time)}"
+    )
+    if event.lead_time_seconds:
+        line += f" [dim](warned {_duration(event.lead_time_seconds)} ahead)[/]"
+    if event.sponsor_id:
+        line += f" [dim]sponsor {event.sponsor_id}[/]"
+    return line + f" [dim]{event.event_id}[/]"
+
+
+@app.command()
+def watch(
+    scheme: Annotated[str | None, typer.Option(help="Only events of this scheme.")] = None,
+    wallet: Annotated[
+        list[str] | None, typer.Option(help="Only events of this wallet (repeatable).")
+    ] = None,
+    event_type: Annotated[
+        list[EventChoice] | None,
+        typer.Option("--type", help="Only this event type (repeatable).", case_sensitive=False),
+    ] = None,
+    cursor_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Resume after the sequence stored in this file, and store the newest "
+            "sequence there as events (and heartbeats) arrive."
+        ),
+    ] = None,
+    after: Annotated[
+        int | None,
+        typer.Option(help="Start after this sequence (overrides the cursor file).", min=0),
+    ] = None,
+    from_now: Annotated[
+        bool, typer.Option(help="Without a stored cursor: only events from now on.")
+    ] = False,
+    count: Annotated[int | None, typer.Option(help="Stop after this many events.", min=1)] = None,
+    address: AddressOption = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one proto3 JSON object per event.")
+    ] = False,
+) -> None:
+    """Follow the expiration stream (WatchExpirations) and print events as they arrive.
+
+    Delivery is at least once: events already printed in this session are skipped by
+    event_id. With --cursor-file the command resumes where the last one stopped. After a
+    disconnect it reconnects by itself, from the last sequence it saw.
+    """
+    import grpc
+    from google.protobuf import json_format
+    from loyalty.v1 import expiry_pb2, wallet_pb2_grpc
+
+    start = after if after is not None else None
+    if start is None and cursor_file is not None:
+        start = _read_cursor(cursor_file)
+    types = [
+        expiry_pb2.ExpirationEventType.Value(f"EXPIRATION_EVENT_TYPE_{choice.name.upper()}")
+        for choice in event_type or ()
+    ]
+    console = _console()
+    notes = _console(stderr=True)
+    target = _address(address)
+    cursor = start or 0
+    seen: dict[str, None] = {}  # event ids printed, oldest first (bounded)
+    printed = 0
+    connected = False
+    delay = 1.0
+    scale_cache: dict[str, dict[str, int]] = {}
+
+    with _channel(target) as channel:
+        stub = wallet_pb2_grpc.WalletServiceStub(channel)
+
+        def scales(scheme_id: str) -> dict[str, int]:
+            if scheme_id not in scale_cache:
+                try:
+                    scale_cache[scheme_id] = _scales(channel, scheme_id, DEFAULT_TIMEOUT_S)
+                except grpc.RpcError:
+                    scale_cache[scheme_id] = {}  # print minor units rather than stop
+            return scale_cache[scheme_id]
+
+        resume_from_now = from_now and start is None
+        where = "now" if resume_from_now else f"after sequence {cursor}"
+        notes.print(f"[dim]watching {target} from {where}; Ctrl-C stops[/]")
+        try:
+            while True:
+                request = expiry_pb2.WatchExpirationsRequest(
+                    scheme_id=scheme or "",
+                    wallet_ids=wallet or [],
+                    event_types=types,
+                    after_sequence=cursor,
+                    from_now=resume_from_now,
+                )
+                stream = stub.WatchExpirations(request)
+                ended = "the server ended the stream"
+                try:
+                    for message in stream:
+                        connected, delay = True, 1.0
+                        if message.WhichOneof("message") == "heartbeat":
+                            sequence = message.heartbeat.sequence
+                        else:
+                            event = message.event
+                            sequence = event.sequence
+                            if event.event_id not in seen:
+                                seen[event.event_id] = None
+                                if len(seen) > SEEN_EVENT_IDS_MAX:
+                                    del seen[next(iter(seen))]
+                                if as_json:
+                                    data = json_format.MessageToDict(
+                                        event, preserving_proto_field_name=True
+                                    )
+                                    typer.echo(json.dumps(data))
+                                else:
+                                    console.print(_event_line(event, scales), soft_wrap=True)
+                                printed += 1
+                        if sequence > cursor:
+                            cursor, resume_from_now = sequence, False
+                            if cursor_file is not None:
+                                _write_cursor(cursor_file, cursor)
+                        if count is not None and printed >= count:
+                            stream.cancel()
+                            return
+                except grpc.RpcError as error:
+                    code = error.code()  # type: ignore[attr-defined]
+                    reason, _ = _error_reason(error)
+                    retry = code == grpc.StatusCode.UNAVAILABLE or reason == "SUBSCRIBER_TOO_SLOW"
+                    if not connected or not retry:
+                        _fail_rpc(error)
+                    ended = f"{code.name} {reason}".strip()
+                notes.print(
+                    f"[dim]stream ended ({ended}); reconnecting in {delay:.0f} s "
+                    f"after sequence {cursor}[/]"
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, RECONNECT_DELAY_MAX_S)
+        except KeyboardInterrupt:
+            notes.print(f"[dim]stopped after sequence {cursor}[/]")
+            raise typer.Exit(130) from None
+
+
+# -- export ---------------------------------------------------------------------------------
+
+EXPIRATION_COLUMNS = [
+    "lot_id",
+    "wallet_id",
+    "scheme_id",
+    "customer_ref",
+    "asset",
+    "amount",
+    "expire_time",
+    "sponsor_id",
+]
+
+
+@export_app.command("expirations")
+def export_expirations(
+    scheme: Annotated[str | None, typer.Option(help="Lots of this scheme's wallets.")] = None,
+    wallet: Annotated[str | None, typer.Option(help="Lots of this wallet.")] = None,
+    start: Annotated[
+        str | None,
+        typer.Option("--from", help="Window start, ISO 8601 (inclusive); default now."),
+    ] = None,
+    end: Annotated[
+        str | None, typer.Option("--to", help="Window end, ISO 8601 (exclusive).")
+    ] = None,
+    days: Annotated[
+        int, typer.Option(help="Without --to: the window is this many days long.", min=1)
+    ] = 30,
+    as_csv: Annotated[
+        bool, typer.Option("--csv", help="CSV with a header row (the default).")
+    ] = True,
+    as_jsonl: Annotated[bool, typer.Option("--jsonl", help="One JSON object per line.")] = False,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to this file; default stdout.")
+    ] = None,
+    page_size: Annotated[int, typer.Option(help="Rows per call.", min=1, max=1000)] = 1000,
+    address: AddressOption = None,
+    timeout: TimeoutOption = DEFAULT_TIMEOUT_S,
+) -> None:
+    """Export open lots expiring in a window (ListUpcomingExpirations, every page), soonest
+    first. `amount` is the remaining value in minor units; times are UTC ISO 8601."""
+    from google.protobuf.timestamp_pb2 import Timestamp
+    from loyalty.v1 import expiry_pb2, wallet_pb2_grpc
+
+    if bool(scheme) == bool(wallet):
+        raise typer.BadParameter("give exactly one of --scheme and --wallet")
+    begin = _parse_time(start, "--from") if start else datetime.now(UTC)
+    finish = _parse_time(end, "--to") if end else begin + timedelta(days=days)
+    request = expiry_pb2.ListUpcomingExpirationsRequest(
+        scheme_id=scheme or "", wallet_id=wallet or "", page_size=page_size
+    )
+    if start:
+        request.start_time.CopyFrom(Timestamp())
+        request.start_time.FromDatetime(begin)
+    request.end_time.FromDatetime(finish)
+    jsonl = as_jsonl
+    del as_csv  # CSV unless --jsonl
+    rows = 0
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(output.open("w", newline="")) if output else sys.stdout
+        writer = csv.writer(out, lineterminator="\n")
+        if not jsonl:
+            writer.writerow(EXPIRATION_COLUMNS)
+        with _channel(address) as channel:
+            stub = wallet_pb2_grpc.WalletServiceStub(channel)
+            while True:
+                page = stub.ListUpcomingExpirations(request, timeout=timeout)
+                for item in page.expirations:
+                    values = [
+                        item.lot_id,
+                        item.wallet_id,
+                        item.scheme_id,
+                        item.customer_ref,
+                        item.asset,
+                        item.amount,
+                        _ts(item.expire_time, precise=True),
+                        item.sponsor_id,
+                    ]
+                    if jsonl:
+                        out.write(json.dumps(dict(zip(EXPIRATION_COLUMNS, values, strict=True))))
+                        out.write("\n")
+                    else:
+                        writer.writerow(values)
+                    rows += 1
+                if not page.next_page_token:
+                    break
+                request.page_token = page.next_page_token
+    typer.echo(f"exported {rows} expirations", err=True)
 
 
 def main() -> None:

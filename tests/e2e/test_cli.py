@@ -1,0 +1,254 @@
+"""The client commands of `loyalty` against a real server (SQLite, test clock): wallet and
+balance look-ups, `run` through RunExpiry, `watch` with a cursor file (replay, resume, live),
+`export expirations` over several pages, and errors as one line without a traceback.
+
+The commands are synchronous gRPC clients: each runs in a worker thread through typer's
+CliRunner while the server keeps serving on the test's event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import socket
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from google.protobuf.duration_pb2 import Duration
+from loyalty.v1 import expiry_pb2, wallet_pb2
+from typer.testing import CliRunner, Result
+
+from loyalty_ledger.cli import app as cli_app
+from tests.conftest import START_TIME
+from tests.helpers import balance, credit, make_scheme, make_wallet, rid, ts
+
+# The CLI is backend-agnostic: one backend keeps these tests quick.
+pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+CLI_TIMEOUT_S = 30.0
+
+
+async def loyalty(*args: str) -> Result:
+    """Run `loyalty ARGS` in a thread (the server needs the event loop meanwhile)."""
+    runner = CliRunner()
+    call = asyncio.to_thread(runner.invoke, cli_app, list(args), catch_exceptions=False)
+    return await asyncio.wait_for(call, CLI_TIMEOUT_S)
+
+
+def address(app: Any) -> str:
+    return f"127.0.0.1:{app.port}"
+
+
+def assert_one_error_line(result: Result, starts: str, notes: int = 0) -> None:
+    """Exit code 1, nothing on stdout, and on stderr `notes` lines then the one error line."""
+    assert result.exit_code == 1, result.output
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == notes + 1, result.stderr
+    assert lines[-1].startswith(starts), result.stderr
+    assert "Traceback" not in result.output
+
+
+def table_rows(result: Result) -> dict[str, str]:
+    """The rows of a two-column summary table: field -> value."""
+    return dict(
+        (cells[0], cells[1])
+        for line in result.stdout.splitlines()
+        if len(cells := [c.strip() for c in line.strip().strip("│").split("│")]) == 2
+    )
+
+
+async def test_wallet_and_balance_show_a_wallet_in_asset_units(app, offers, wallets) -> None:
+    await make_scheme(offers)
+    wallet = await make_wallet(wallets, customer_ref="alice")
+    expires = START_TIME + timedelta(days=10)
+    await credit(wallets, wallet.wallet_id, 500, expire_time=ts(expires))
+    await credit(wallets, wallet.wallet_id, 252, asset="EUR")
+
+    shown = await loyalty("wallet", wallet.wallet_id, "--address", address(app))
+    assert shown.exit_code == 0, shown.output
+    assert wallet.wallet_id in shown.stdout
+    assert "alice" in shown.stdout
+    assert "ACTIVE" in shown.stdout
+
+    as_json = await loyalty("wallet", wallet.wallet_id, "--address", address(app), "--json")
+    assert json.loads(as_json.stdout)["customer_ref"] == "alice"
+
+    money = await loyalty("balance", wallet.wallet_id, "--address", address(app))
+    assert money.exit_code == 0, money.output
+    lines = {line.split()[1]: line for line in money.stdout.splitlines() if "│" in line[:3]}
+    assert "2.52" in lines["EUR"]  # 252 cents shown in euros
+    assert "500" in lines["POINTS"]
+    assert "2026-01-25T12:00:00Z" in lines["POINTS"]  # the next expiration
+
+    only = await loyalty("balance", wallet.wallet_id, "--asset", "EUR", "-a", address(app))
+    assert "EUR" in only.stdout and "POINTS" not in only.stdout
+
+
+async def test_errors_are_one_line_with_code_and_reason(app) -> None:
+    missing = await loyalty("wallet", "wal_missing", "--address", address(app))
+    assert_one_error_line(missing, "error: NOT_FOUND WALLET_NOT_FOUND: ")
+    assert "wal_missing" in missing.stderr
+
+    bad = await loyalty("watch", "--wallet", "w" * 65, "--address", address(app))
+    assert_one_error_line(bad, "error: INVALID_ARGUMENT INVALID_ARGUMENT: ", notes=1)
+    assert "wallet_ids[0]" in bad.stderr  # the message names the field
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    down = await loyalty("balance", "wal_x", "--address", f"127.0.0.1:{closed}")
+    assert_one_error_line(down, "error: UNAVAILABLE: ")
+
+
+async def test_run_through_the_server_prints_a_summary(app, offers, wallets, clock) -> None:
+    await make_scheme(offers)
+    wallet = (await make_wallet(wallets)).wallet_id
+    await credit(wallets, wallet, 30, expire_time=ts(clock.now() + timedelta(hours=1)))
+    await credit(wallets, wallet, 12)
+    hold = await wallets.AuthorizeHold(
+        wallet_pb2.AuthorizeHoldRequest(
+            request_id=rid("hold"),
+            wallet_id=wallet,
+            asset="POINTS",
+            amount=5,
+            merchant_id="m-1",
+            ttl=Duration(seconds=60),
+        )
+    )
+    clock.advance(timedelta(hours=2))
+
+    expiry = await loyalty("run", "expiry", "--address", address(app), "--request-id", "r-1")
+    assert expiry.exit_code == 0, expiry.output
+    summary = table_rows(expiry)
+    assert summary["kind"] == "EXPIRY"
+    assert summary["status"] == "SUCCEEDED"
+    assert summary["items processed"] == "1"
+    assert summary["trigger"] == "rpc"
+    # The hold reserved 5 of the expiring lot (soonest first); the other 25 expired.
+    assert (await balance(wallets, wallet)).available == 12
+
+    replay = await loyalty("run", "expiry", "--address", address(app), "--request-id", "r-1")
+    run_id = expiry.stdout.split("run ", 1)[1].split()[0]
+    assert run_id.startswith("run_") and run_id in replay.stdout
+
+    before = await wallets.GetHold(wallet_pb2.GetHoldRequest(hold_id=hold.hold.hold_id))
+    assert before.hold.status == wallet_pb2.HOLD_STATUS_ACTIVE
+    holds = await loyalty("run", "hold-timeout", "--address", address(app))
+    assert holds.exit_code == 0, holds.output
+    assert table_rows(holds)["kind"] == "HOLD_TIMEOUT"
+    assert table_rows(holds)["items processed"] == "1"
+    got = await wallets.GetHold(wallet_pb2.GetHoldRequest(hold_id=hold.hold.hold_id))
+    assert got.hold.status == wallet_pb2.HOLD_STATUS_EXPIRED
+
+    future = (clock.now() + timedelta(hours=1)).isoformat()
+    refused = await loyalty("run", "warnings", "--address", address(app), "--as-of", future)
+    assert_one_error_line(refused, "error: INVALID_ARGUMENT INVALID_ARGUMENT: ")
+
+    unknown = await loyalty("run", "nonsense", "--address", address(app))
+    assert unknown.exit_code == 2
+
+
+async def test_watch_saves_its_cursor_and_resumes_from_it(
+    app, offers, wallets, clock, tmp_path: Path
+) -> None:
+    await make_scheme(offers)
+    wallet = (await make_wallet(wallets, customer_ref="bob")).wallet_id
+    first = await credit(wallets, wallet, 30, expire_time=ts(clock.now() + timedelta(hours=1)))
+    second = await credit(wallets, wallet, 7, expire_time=ts(clock.now() + timedelta(hours=3)))
+    clock.advance(timedelta(hours=2))
+    assert (await loyalty("run", "expiry", "-a", address(app))).exit_code == 0
+    cursor = tmp_path / "cursor"
+
+    replayed = await loyalty(
+        "watch",
+        "--wallet",
+        wallet,
+        "--cursor-file",
+        str(cursor),
+        "--count",
+        "1",
+        "-a",
+        address(app),
+    )
+    assert replayed.exit_code == 0, replayed.output
+    (line,) = replayed.stdout.splitlines()
+    assert "EXPIRED" in line and first.lot.lot_id in line and "30 POINTS" in line
+    sequence = int(cursor.read_text())
+    assert f"#{sequence} " in line
+
+    # Resume from the file: the next watch waits (live) and prints only the second expiry.
+    resumed = asyncio.create_task(
+        loyalty(
+            "watch",
+            "--wallet",
+            wallet,
+            "--cursor-file",
+            str(cursor),
+            "--count",
+            "1",
+            "--json",
+            "-a",
+            address(app),
+        )
+    )
+    await asyncio.sleep(0.5)
+    assert not resumed.done()
+    clock.advance(timedelta(hours=2))
+    # Not through the CLI: CliRunner swaps sys.stdout, so two invocations must not overlap.
+    await wallets.RunExpiry(expiry_pb2.RunExpiryRequest(request_id=rid("run")))
+    live = await resumed
+    assert live.exit_code == 0, live.output
+    (event_json,) = live.stdout.splitlines()
+    event = json.loads(event_json)
+    assert event["lot_id"] == second.lot.lot_id
+    assert event["type"] == "EXPIRATION_EVENT_TYPE_EXPIRED"
+    assert int(event["sequence"]) > sequence
+    assert int(cursor.read_text()) == int(event["sequence"])
+
+    cursor.write_text("not a number\n")
+    broken = await loyalty("watch", "--cursor-file", str(cursor), "-a", address(app))
+    assert_one_error_line(broken, "error: cursor file ")
+
+
+async def test_export_expirations_pages_through_a_window(app, offers, wallets, clock) -> None:
+    await make_scheme(offers)
+    wallet = (await make_wallet(wallets, customer_ref="carol")).wallet_id
+    lots = []
+    for hours in (30, 10, 20, 500):
+        made = await credit(
+            wallets, wallet, hours, expire_time=ts(clock.now() + timedelta(hours=hours))
+        )
+        lots.append(made.lot.lot_id)
+    window = [
+        "--from",
+        START_TIME.isoformat(),
+        "--to",
+        (START_TIME + timedelta(days=2)).isoformat(),
+    ]
+
+    exported = await loyalty(
+        "export",
+        "expirations",
+        "--csv",
+        "--scheme",
+        "acme",
+        *window,
+        "--page-size",
+        "2",
+        "-a",
+        address(app),
+    )
+    assert exported.exit_code == 0, exported.output
+    rows = list(csv.DictReader(io.StringIO(exported.stdout)))
+    assert [row["lot_id"] for row in rows] == [lots[1], lots[2], lots[0]]  # soonest first
+    assert [row["amount"] for row in rows] == ["10", "20", "30"]
+    assert rows[0]["customer_ref"] == "carol"
+    assert rows[0]["expire_time"] == "2026-01-15T22:00:00Z"
+    assert "exported 3 expirations" in exported.stderr
+
+    neither = await loyalty("export", "expirations", *window, "-a", address(app))
+    assert neither.exit_code == 2
