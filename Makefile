@@ -13,12 +13,12 @@ export LOYALTY_HOST ?= 127.0.0.1
 export LOYALTY_PORT ?= 50051
 
 .PHONY: help venv run migrate test lint format generate check-generated pytest typecheck clean \
-	examples example-node example-python
+	examples example-node example-python reference check-reference
 
 help:
 	@echo "make run    - create .venv, install, migrate the SQLite database and serve on $(LOYALTY_HOST):$(LOYALTY_PORT)"
 	@echo "make test   - ruff, buf lint, generated-code check, mypy, pytest"
-	@echo "make generate | lint | format | typecheck | migrate | clean"
+	@echo "make generate | reference | lint | format | typecheck | migrate | examples | clean"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,13 @@ check-generated: $(STAMP)
 	else diff -r -x __pycache__ "$$tmp" generated | head -n 40; rm -rf "$$tmp"; \
 	echo "generated/ is stale: run 'make generate' and commit" >&2; exit 1; fi
 
+# The API reference is generated from the proto comments; CI fails when it is stale.
+reference: $(STAMP)
+	$(PY) scripts/api_reference.py docs/reference.md
+
+check-reference: $(STAMP)
+	$(PY) scripts/api_reference.py --check docs/reference.md
+
 lint: $(STAMP)
 	$(BIN)/ruff check $(PY_DIRS)
 	$(BIN)/ruff format --check $(PY_DIRS)
@@ -64,7 +71,7 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest -q
 
-test: lint check-generated typecheck pytest
+test: lint check-generated check-reference typecheck pytest
 
 # Each starts a server on a free port with a throwaway SQLite database and runs one client.
 examples: example-node example-python
