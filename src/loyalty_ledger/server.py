@@ -87,6 +87,7 @@ class App:
                     RunKind.EXPIRY_WARNING: settings.warning_interval_seconds,
                     RunKind.INACTIVITY: settings.inactivity_interval_seconds,
                     RunKind.BIRTHDAY: settings.birthday_interval_seconds,
+                    RunKind.TIER_REVIEW: settings.tier_review_interval_seconds,
                 },
                 lease_s=settings.lease_seconds,
             )

@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     inactivity_interval_seconds: float = Field(3600.0, gt=0, le=86_400)
     # Hourly: each scheme's local midnight passes within an hour of it.
     birthday_interval_seconds: float = Field(3600.0, gt=0, le=86_400)
+    # Daily: activity re-evaluates a wallet's tier at once; the review catches the window.
+    tier_review_interval_seconds: float = Field(86_400.0, gt=0, le=86_400)
     scheduler: bool = Field(
         True, description="Run the interval schedule (off with --clock=test: AdvanceTime runs)."
     )

@@ -217,12 +217,26 @@ def test_period_keys_are_local_days_and_months() -> None:
 def test_wallet_tags_include_and_exclude() -> None:
     c = r.Conditions(include_tags=frozenset({"vip", "staff"}), exclude_tags=frozenset({"banned"}))
     event = purchase(100)
-    assert r.rejection(event, c, AMSTERDAM, frozenset({"vip"})) is None
-    assert r.rejection(event, c, AMSTERDAM, frozenset({"staff", "newsletter"})) is None
-    assert r.rejection(event, c, AMSTERDAM, frozenset()) is not None
-    assert r.rejection(event, c, AMSTERDAM, frozenset({"vip", "banned"})) is not None
+    assert r.rejection(event, c, AMSTERDAM, tagged("vip")) is None
+    assert r.rejection(event, c, AMSTERDAM, tagged("staff", "newsletter")) is None
+    assert r.rejection(event, c, AMSTERDAM, tagged()) is not None
+    assert r.rejection(event, c, AMSTERDAM, tagged("vip", "banned")) is not None
     open_to_all_but = r.Conditions(exclude_tags=frozenset({"banned"}))
     assert r.rejection(event, open_to_all_but, AMSTERDAM) is None
+
+
+def tagged(*tags: str) -> r.WalletProfile:
+    return r.WalletProfile(tags=frozenset(tags))
+
+
+def test_tier_condition_needs_one_of_the_tiers() -> None:
+    gold_or_silver = r.Conditions(tiers=frozenset({"gold", "silver"}))
+    event = purchase(100)
+    assert r.rejection(event, gold_or_silver, AMSTERDAM, r.WalletProfile(tier="gold")) is None
+    assert r.rejection(event, gold_or_silver, AMSTERDAM, r.WalletProfile(tier="silver")) is None
+    assert r.rejection(event, gold_or_silver, AMSTERDAM, r.WalletProfile(tier="bronze"))
+    assert r.rejection(event, gold_or_silver, AMSTERDAM, r.WalletProfile(tier=None))
+    assert r.rejection(event, r.Conditions(), AMSTERDAM, r.WalletProfile(tier=None)) is None
 
 
 def test_leap_day_birthdays_are_celebrated_on_28_february_in_common_years() -> None:

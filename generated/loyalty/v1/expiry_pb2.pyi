@@ -43,6 +43,10 @@ class _RunKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunKind.Value
     timezone, at most once a year per wallet (29 February birthdays count on 28 February in
     common years).
     """
+    RUN_KIND_TIER_REVIEW: _RunKind.ValueType  # 6
+    """Re-evaluates the tier of every ACTIVE or FROZEN wallet of a scheme with a tier programme
+    as of the run's time (activity leaving the rolling window moves wallets down).
+    """
 
 class RunKind(_RunKind, metaclass=_RunKindEnumTypeWrapper):
     """The kind of a scheduled or requested batch run."""
@@ -63,6 +67,10 @@ RUN_KIND_BIRTHDAY: RunKind.ValueType  # 5
 """Submits a BIRTHDAY event for every ACTIVE wallet whose birthday is today in its scheme's
 timezone, at most once a year per wallet (29 February birthdays count on 28 February in
 common years).
+"""
+RUN_KIND_TIER_REVIEW: RunKind.ValueType  # 6
+"""Re-evaluates the tier of every ACTIVE or FROZEN wallet of a scheme with a tier programme
+as of the run's time (activity leaving the rolling window moves wallets down).
 """
 Global___RunKind: _TypeAlias = RunKind  # noqa: Y015
 

@@ -581,6 +581,7 @@ class OfferConditions(_message.Message):
     ATTRIBUTES_FIELD_NUMBER: _builtins.int
     INCLUDE_TAGS_FIELD_NUMBER: _builtins.int
     EXCLUDE_TAGS_FIELD_NUMBER: _builtins.int
+    TIERS_FIELD_NUMBER: _builtins.int
     min_amount: _builtins.int
     """The least the event's amount must be, in minor units of `currency`."""
     currency: _builtins.str
@@ -633,6 +634,10 @@ class OfferConditions(_message.Message):
     def exclude_tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The wallet must have none of these tags."""
 
+    @_builtins.property
+    def tiers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The wallet's tier must be one of these (tier ids of the scheme's tier programme)."""
+
     def __init__(
         self,
         *,
@@ -650,10 +655,11 @@ class OfferConditions(_message.Message):
         attributes: _abc.Iterable[Global___AttributeCondition] | None = ...,
         include_tags: _abc.Iterable[_builtins.str] | None = ...,
         exclude_tags: _abc.Iterable[_builtins.str] | None = ...,
+        tiers: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["hours", b"hours", "valid_from", b"valid_from", "valid_until", b"valid_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "currency", b"currency", "custom_event_name", b"custom_event_name", "days_of_week", b"days_of_week", "event_types", b"event_types", "exclude_tags", b"exclude_tags", "hours", b"hours", "include_tags", b"include_tags", "merchant_ids", b"merchant_ids", "min_amount", b"min_amount", "payment_methods", b"payment_methods", "seasons", b"seasons", "valid_from", b"valid_from", "valid_until", b"valid_until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "currency", b"currency", "custom_event_name", b"custom_event_name", "days_of_week", b"days_of_week", "event_types", b"event_types", "exclude_tags", b"exclude_tags", "hours", b"hours", "include_tags", b"include_tags", "merchant_ids", b"merchant_ids", "min_amount", b"min_amount", "payment_methods", b"payment_methods", "seasons", b"seasons", "tiers", b"tiers", "valid_from", b"valid_from", "valid_until", b"valid_until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

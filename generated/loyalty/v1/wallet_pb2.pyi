@@ -202,6 +202,34 @@ HOLD_STATUS_EXPIRED: HoldStatus.ValueType  # 4
 """Lapsed after its TTL; nothing was spent."""
 Global___HoldStatus: _TypeAlias = HoldStatus  # noqa: Y015
 
+class _TierChangeCause:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TierChangeCauseEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TierChangeCause.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TIER_CHANGE_CAUSE_UNSPECIFIED: _TierChangeCause.ValueType  # 0
+    """Never returned."""
+    TIER_CHANGE_CAUSE_ACTIVITY: _TierChangeCause.ValueType  # 1
+    """A write that changed the wallet's qualifying amount (an award, a reversal, a purchase,
+    a return) or created the wallet.
+    """
+    TIER_CHANGE_CAUSE_REVIEW: _TierChangeCause.ValueType  # 2
+    """The TIER_REVIEW run: activity left the rolling window, or the programme changed."""
+
+class TierChangeCause(_TierChangeCause, metaclass=_TierChangeCauseEnumTypeWrapper):
+    """What caused a tier change."""
+
+TIER_CHANGE_CAUSE_UNSPECIFIED: TierChangeCause.ValueType  # 0
+"""Never returned."""
+TIER_CHANGE_CAUSE_ACTIVITY: TierChangeCause.ValueType  # 1
+"""A write that changed the wallet's qualifying amount (an award, a reversal, a purchase,
+a return) or created the wallet.
+"""
+TIER_CHANGE_CAUSE_REVIEW: TierChangeCause.ValueType  # 2
+"""The TIER_REVIEW run: activity left the rolling window, or the programme changed."""
+Global___TierChangeCause: _TypeAlias = TierChangeCause  # noqa: Y015
+
 @_typing.final
 class Wallet(_message.Message):
     """One customer's account in one scheme."""
@@ -241,6 +269,8 @@ class Wallet(_message.Message):
     REFERRED_BY_WALLET_ID_FIELD_NUMBER: _builtins.int
     REFERRAL_REWARD_TIME_FIELD_NUMBER: _builtins.int
     BIRTHDAY_FIELD_NUMBER: _builtins.int
+    TIER_ID_FIELD_NUMBER: _builtins.int
+    TIER_SINCE_FIELD_NUMBER: _builtins.int
     wallet_id: _builtins.str
     """Server-generated identifier ("wal_...")."""
     scheme_id: _builtins.str
@@ -255,6 +285,11 @@ class Wallet(_message.Message):
     """After a merge: the wallet this one was merged into."""
     referred_by_wallet_id: _builtins.str
     """The wallet that referred this customer, if any (set at creation)."""
+    tier_id: _builtins.str
+    """Output only. The wallet's tier in its scheme's tier programme; empty when below every
+    threshold or when the scheme has no tiers. Recomputed on activity and by the daily
+    TIER_REVIEW run.
+    """
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Caller's key-value data, at most 16 entries of 256 characters each."""
@@ -281,6 +316,10 @@ class Wallet(_message.Message):
     def birthday(self) -> Global___MonthDay:
         """The customer's birthday, for BIRTHDAY offers (the daily birthday run); unset if unknown."""
 
+    @_builtins.property
+    def tier_since(self) -> _timestamp_pb2.Timestamp:
+        """Output only. When the wallet entered its current tier (unset without a tier)."""
+
     def __init__(
         self,
         *,
@@ -297,10 +336,12 @@ class Wallet(_message.Message):
         referred_by_wallet_id: _builtins.str = ...,
         referral_reward_time: _timestamp_pb2.Timestamp | None = ...,
         birthday: Global___MonthDay | None = ...,
+        tier_id: _builtins.str = ...,
+        tier_since: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["birthday", b"birthday", "create_time", b"create_time", "referral_reward_time", b"referral_reward_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["birthday", b"birthday", "create_time", b"create_time", "referral_reward_time", b"referral_reward_time", "tier_since", b"tier_since", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["birthday", b"birthday", "create_time", b"create_time", "customer_ref", b"customer_ref", "merged_into_wallet_id", b"merged_into_wallet_id", "metadata", b"metadata", "referral_reward_time", b"referral_reward_time", "referred_by_wallet_id", b"referred_by_wallet_id", "scheme_id", b"scheme_id", "status", b"status", "status_reason", b"status_reason", "tags", b"tags", "update_time", b"update_time", "wallet_id", b"wallet_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["birthday", b"birthday", "create_time", b"create_time", "customer_ref", b"customer_ref", "merged_into_wallet_id", b"merged_into_wallet_id", "metadata", b"metadata", "referral_reward_time", b"referral_reward_time", "referred_by_wallet_id", b"referred_by_wallet_id", "scheme_id", b"scheme_id", "status", b"status", "status_reason", b"status_reason", "tags", b"tags", "tier_id", b"tier_id", "tier_since", b"tier_since", "update_time", b"update_time", "wallet_id", b"wallet_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2535,3 +2576,113 @@ class SetWalletBirthdayResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetWalletBirthdayResponse: _TypeAlias = SetWalletBirthdayResponse  # noqa: Y015
+
+@_typing.final
+class TierChange(_message.Message):
+    """A wallet moving from one tier to another."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIER_CHANGE_ID_FIELD_NUMBER: _builtins.int
+    WALLET_ID_FIELD_NUMBER: _builtins.int
+    FROM_TIER_ID_FIELD_NUMBER: _builtins.int
+    TO_TIER_ID_FIELD_NUMBER: _builtins.int
+    QUALIFYING_AMOUNT_FIELD_NUMBER: _builtins.int
+    CAUSE_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    tier_change_id: _builtins.str
+    """Server-generated identifier ("tch_...")."""
+    wallet_id: _builtins.str
+    """The wallet."""
+    from_tier_id: _builtins.str
+    """The tier before; empty for none."""
+    to_tier_id: _builtins.str
+    """The tier after; empty for none."""
+    qualifying_amount: _builtins.int
+    """The qualifying amount (points or spend in the window) that decided the change."""
+    cause: Global___TierChangeCause.ValueType
+    """What caused it."""
+    run_id: _builtins.str
+    """The TIER_REVIEW run, for cause REVIEW."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it happened."""
+
+    def __init__(
+        self,
+        *,
+        tier_change_id: _builtins.str = ...,
+        wallet_id: _builtins.str = ...,
+        from_tier_id: _builtins.str = ...,
+        to_tier_id: _builtins.str = ...,
+        qualifying_amount: _builtins.int = ...,
+        cause: Global___TierChangeCause.ValueType = ...,
+        run_id: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "create_time", b"create_time", "from_tier_id", b"from_tier_id", "qualifying_amount", b"qualifying_amount", "run_id", b"run_id", "tier_change_id", b"tier_change_id", "to_tier_id", b"to_tier_id", "wallet_id", b"wallet_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TierChange: _TypeAlias = TierChange  # noqa: Y015
+
+@_typing.final
+class ListTierChangesRequest(_message.Message):
+    """Request of ListTierChanges."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WALLET_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    wallet_id: _builtins.str
+    """The wallet."""
+    page_size: _builtins.int
+    """1-1000, default 100; larger values are coerced to 1000."""
+    page_token: _builtins.str
+    """`next_page_token` of the previous page; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        wallet_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "wallet_id", b"wallet_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTierChangesRequest: _TypeAlias = ListTierChangesRequest  # noqa: Y015
+
+@_typing.final
+class ListTierChangesResponse(_message.Message):
+    """Response of ListTierChanges."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIER_CHANGES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token of the next page; empty on the last page."""
+    @_builtins.property
+    def tier_changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___TierChange]:
+        """The changes, newest first."""
+
+    def __init__(
+        self,
+        *,
+        tier_changes: _abc.Iterable[Global___TierChange] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "tier_changes", b"tier_changes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTierChangesResponse: _TypeAlias = ListTierChangesResponse  # noqa: Y015

@@ -198,6 +198,11 @@ class WalletServiceStub:
                 request_serializer=loyalty_dot_v1_dot_wallet__pb2.RedeemPointsRequest.SerializeToString,
                 response_deserializer=loyalty_dot_v1_dot_wallet__pb2.RedeemPointsResponse.FromString,
                 _registered_method=True)
+        self.ListTierChanges = channel.unary_unary(
+                '/loyalty.v1.WalletService/ListTierChanges',
+                request_serializer=loyalty_dot_v1_dot_wallet__pb2.ListTierChangesRequest.SerializeToString,
+                response_deserializer=loyalty_dot_v1_dot_wallet__pb2.ListTierChangesResponse.FromString,
+                _registered_method=True)
 
 
 class WalletServiceServicer:
@@ -416,10 +421,7 @@ class WalletServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetWalletTags(self, request, context):
-        """How many points a basket can use ("pay part with points"): the most that is available,
-        eligible at this merchant for these products, and useful for the basket's amount, with
-        what they are worth. Needs the scheme's redemption rate for the asset and currency.
-        Replaces a wallet's tags (not of a closed wallet). Idempotent by `request_id`.
+        """Replaces a wallet's tags (not of a closed wallet). Idempotent by `request_id`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -433,7 +435,10 @@ class WalletServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def QuoteRedemption(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """How many points a basket can use ("pay part with points"): the most that is available,
+        eligible at this merchant for these products, and useful for the basket's amount, with
+        what they are worth. Needs the scheme's redemption rate for the asset and currency.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -442,6 +447,14 @@ class WalletServiceServicer:
         """Spends points for a money value: the points the value costs at the scheme's rate
         (rounded up) are spent as by Spend, and the SPEND entry records both (metadata
         `redeemed_value` and `redeemed_currency`). Idempotent by `request_id`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTierChanges(self, request, context):
+        """A wallet's tier changes, newest first (paged): each says from which tier to which, the
+        qualifying amount that decided it, and whether activity or the tier review caused it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -604,6 +617,11 @@ def add_WalletServiceServicer_to_server(servicer, server):
                     servicer.RedeemPoints,
                     request_deserializer=loyalty_dot_v1_dot_wallet__pb2.RedeemPointsRequest.FromString,
                     response_serializer=loyalty_dot_v1_dot_wallet__pb2.RedeemPointsResponse.SerializeToString,
+            ),
+            'ListTierChanges': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTierChanges,
+                    request_deserializer=loyalty_dot_v1_dot_wallet__pb2.ListTierChangesRequest.FromString,
+                    response_serializer=loyalty_dot_v1_dot_wallet__pb2.ListTierChangesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1451,6 +1469,33 @@ class WalletService:
             '/loyalty.v1.WalletService/RedeemPoints',
             loyalty_dot_v1_dot_wallet__pb2.RedeemPointsRequest.SerializeToString,
             loyalty_dot_v1_dot_wallet__pb2.RedeemPointsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTierChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.v1.WalletService/ListTierChanges',
+            loyalty_dot_v1_dot_wallet__pb2.ListTierChangesRequest.SerializeToString,
+            loyalty_dot_v1_dot_wallet__pb2.ListTierChangesResponse.FromString,
             options,
             channel_credentials,
             insecure,

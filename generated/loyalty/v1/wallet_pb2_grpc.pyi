@@ -123,18 +123,22 @@ class WalletServiceStub:
     RESOURCE_EXHAUSTED and resumes from its last sequence.
     """
     SetWalletTags: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.SetWalletTagsRequest, _wallet_pb2.SetWalletTagsResponse]
-    """How many points a basket can use ("pay part with points"): the most that is available,
-    eligible at this merchant for these products, and useful for the basket's amount, with
-    what they are worth. Needs the scheme's redemption rate for the asset and currency.
-    Replaces a wallet's tags (not of a closed wallet). Idempotent by `request_id`.
-    """
+    """Replaces a wallet's tags (not of a closed wallet). Idempotent by `request_id`."""
     SetWalletBirthday: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.SetWalletBirthdayRequest, _wallet_pb2.SetWalletBirthdayResponse]
     """Sets or clears a wallet's birthday (not of a closed wallet). Idempotent by `request_id`."""
     QuoteRedemption: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.QuoteRedemptionRequest, _wallet_pb2.QuoteRedemptionResponse]
+    """How many points a basket can use ("pay part with points"): the most that is available,
+    eligible at this merchant for these products, and useful for the basket's amount, with
+    what they are worth. Needs the scheme's redemption rate for the asset and currency.
+    """
     RedeemPoints: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.RedeemPointsRequest, _wallet_pb2.RedeemPointsResponse]
     """Spends points for a money value: the points the value costs at the scheme's rate
     (rounded up) are spent as by Spend, and the SPEND entry records both (metadata
     `redeemed_value` and `redeemed_currency`). Idempotent by `request_id`.
+    """
+    ListTierChanges: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.ListTierChangesRequest, _wallet_pb2.ListTierChangesResponse]
+    """A wallet's tier changes, newest first (paged): each says from which tier to which, the
+    qualifying amount that decided it, and whether activity or the tier review caused it.
     """
 
 @_typing.type_check_only
@@ -231,18 +235,22 @@ class WalletServiceAsyncStub(WalletServiceStub):
     RESOURCE_EXHAUSTED and resumes from its last sequence.
     """
     SetWalletTags: _aio.UnaryUnaryMultiCallable[_wallet_pb2.SetWalletTagsRequest, _wallet_pb2.SetWalletTagsResponse]  # type: ignore[assignment]
-    """How many points a basket can use ("pay part with points"): the most that is available,
-    eligible at this merchant for these products, and useful for the basket's amount, with
-    what they are worth. Needs the scheme's redemption rate for the asset and currency.
-    Replaces a wallet's tags (not of a closed wallet). Idempotent by `request_id`.
-    """
+    """Replaces a wallet's tags (not of a closed wallet). Idempotent by `request_id`."""
     SetWalletBirthday: _aio.UnaryUnaryMultiCallable[_wallet_pb2.SetWalletBirthdayRequest, _wallet_pb2.SetWalletBirthdayResponse]  # type: ignore[assignment]
     """Sets or clears a wallet's birthday (not of a closed wallet). Idempotent by `request_id`."""
     QuoteRedemption: _aio.UnaryUnaryMultiCallable[_wallet_pb2.QuoteRedemptionRequest, _wallet_pb2.QuoteRedemptionResponse]  # type: ignore[assignment]
+    """How many points a basket can use ("pay part with points"): the most that is available,
+    eligible at this merchant for these products, and useful for the basket's amount, with
+    what they are worth. Needs the scheme's redemption rate for the asset and currency.
+    """
     RedeemPoints: _aio.UnaryUnaryMultiCallable[_wallet_pb2.RedeemPointsRequest, _wallet_pb2.RedeemPointsResponse]  # type: ignore[assignment]
     """Spends points for a money value: the points the value costs at the scheme's rate
     (rounded up) are spent as by Spend, and the SPEND entry records both (metadata
     `redeemed_value` and `redeemed_currency`). Idempotent by `request_id`.
+    """
+    ListTierChanges: _aio.UnaryUnaryMultiCallable[_wallet_pb2.ListTierChangesRequest, _wallet_pb2.ListTierChangesResponse]  # type: ignore[assignment]
+    """A wallet's tier changes, newest first (paged): each says from which tier to which, the
+    qualifying amount that decided it, and whether activity or the tier review caused it.
     """
 
 class WalletServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -504,11 +512,7 @@ class WalletServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _wallet_pb2.SetWalletTagsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_wallet_pb2.SetWalletTagsResponse, _abc.Awaitable[_wallet_pb2.SetWalletTagsResponse]]:
-        """How many points a basket can use ("pay part with points"): the most that is available,
-        eligible at this merchant for these products, and useful for the basket's amount, with
-        what they are worth. Needs the scheme's redemption rate for the asset and currency.
-        Replaces a wallet's tags (not of a closed wallet). Idempotent by `request_id`.
-        """
+        """Replaces a wallet's tags (not of a closed wallet). Idempotent by `request_id`."""
 
     @_abc_1.abstractmethod
     def SetWalletBirthday(
@@ -523,7 +527,11 @@ class WalletServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _wallet_pb2.QuoteRedemptionRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_wallet_pb2.QuoteRedemptionResponse, _abc.Awaitable[_wallet_pb2.QuoteRedemptionResponse]]: ...
+    ) -> _typing.Union[_wallet_pb2.QuoteRedemptionResponse, _abc.Awaitable[_wallet_pb2.QuoteRedemptionResponse]]:
+        """How many points a basket can use ("pay part with points"): the most that is available,
+        eligible at this merchant for these products, and useful for the basket's amount, with
+        what they are worth. Needs the scheme's redemption rate for the asset and currency.
+        """
 
     @_abc_1.abstractmethod
     def RedeemPoints(
@@ -534,6 +542,16 @@ class WalletServiceServicer(metaclass=_abc_1.ABCMeta):
         """Spends points for a money value: the points the value costs at the scheme's rate
         (rounded up) are spent as by Spend, and the SPEND entry records both (metadata
         `redeemed_value` and `redeemed_currency`). Idempotent by `request_id`.
+        """
+
+    @_abc_1.abstractmethod
+    def ListTierChanges(
+        self,
+        request: _wallet_pb2.ListTierChangesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_wallet_pb2.ListTierChangesResponse, _abc.Awaitable[_wallet_pb2.ListTierChangesResponse]]:
+        """A wallet's tier changes, newest first (paged): each says from which tier to which, the
+        qualifying amount that decided it, and whether activity or the tier review caused it.
         """
 
 def add_WalletServiceServicer_to_server(servicer: WalletServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

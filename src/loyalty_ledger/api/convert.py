@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from loyalty.v1 import common_pb2, expiry_pb2, offer_pb2, wallet_pb2
@@ -11,6 +12,7 @@ from loyalty_ledger.api.validation import Checks
 from loyalty_ledger.domain import expiry
 from loyalty_ledger.domain.errors import InvalidArgument
 from loyalty_ledger.domain.spend_order import Funding
+from loyalty_ledger.domain.tiers import TierBasis
 from loyalty_ledger.domain.timeutil import from_us
 from loyalty_ledger.ledger.records import (
     AssetBalance,
@@ -151,7 +153,27 @@ def scheme_to_proto(scheme: SchemeRecord) -> offer_pb2.Scheme:
         offer_pb2.RedemptionRate(asset=r.asset, points=r.points, currency=r.currency, value=r.value)
         for r in scheme.redemption_rates
     )
+    if scheme.tier_program is not None:
+        program = scheme.tier_program
+        out.tier_program.CopyFrom(
+            offer_pb2.TierProgram(
+                basis=TIER_BASIS_TO_PROTO[program.basis],
+                asset=program.asset,
+                window_days=program.window_days,
+                tiers=[
+                    offer_pb2.Tier(tier_id=tier.tier_id, name=tier.name, threshold=tier.threshold)
+                    for tier in program.tiers
+                ],
+            )
+        )
     return out
+
+
+TIER_BASIS_TO_PROTO = {
+    TierBasis.POINTS: offer_pb2.TIER_BASIS_POINTS,
+    TierBasis.SPEND: offer_pb2.TIER_BASIS_SPEND,
+}
+TIER_BASIS_FROM_PROTO = {v: k for k, v in TIER_BASIS_TO_PROTO.items()}
 
 
 # -- wallets, lots, holds, transactions ---------------------------------------------------
@@ -181,7 +203,23 @@ def wallet_to_proto(wallet: WalletRecord) -> wallet_pb2.Wallet:
         out.birthday.month, out.birthday.day = wallet.birthday
     if wallet.referral_rewarded_at_us is not None:
         out.referral_reward_time.CopyFrom(timestamp(wallet.referral_rewarded_at_us))
+    if wallet.tier_id is not None and wallet.tier_since_us is not None:
+        out.tier_id = wallet.tier_id
+        out.tier_since.CopyFrom(timestamp(wallet.tier_since_us))
     return out
+
+
+def tier_change_to_proto(row: Any) -> wallet_pb2.TierChange:
+    return wallet_pb2.TierChange(
+        tier_change_id=row.id,
+        wallet_id=row.wallet_id,
+        from_tier_id=row.from_tier or "",
+        to_tier_id=row.to_tier or "",
+        qualifying_amount=row.qualifying,
+        cause=wallet_pb2.TierChangeCause.Value(f"TIER_CHANGE_CAUSE_{row.cause}"),
+        run_id=row.run_id or "",
+        create_time=timestamp(row.created_at_us),
+    )
 
 
 def lot_to_proto(lot: LotRecord) -> wallet_pb2.Lot:
@@ -281,6 +319,7 @@ RUN_KINDS = {
     expiry_pb2.RUN_KIND_HOLD_TIMEOUT: RunKind.HOLD_TIMEOUT,
     expiry_pb2.RUN_KIND_INACTIVITY: RunKind.INACTIVITY,
     expiry_pb2.RUN_KIND_BIRTHDAY: RunKind.BIRTHDAY,
+    expiry_pb2.RUN_KIND_TIER_REVIEW: RunKind.TIER_REVIEW,
 }
 
 

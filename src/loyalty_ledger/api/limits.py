@@ -30,3 +30,5 @@ EVENT_BATCH_MAX = 500  # SubmitEvents
 REDEMPTION_RATES_MAX = 8  # per scheme
 PROMOTION_CODES_MAX = 10_000  # per CreatePromotionCodes
 WALLET_TAGS_MAX = 32
+TIERS_MAX = 16  # per tier programme
+TIER_WINDOW_DAYS_MAX = 1096  # three years

@@ -167,6 +167,10 @@ def _conditions(checks: Checks, offer: rewards_pb2.Offer, scheme: SchemeRecord, 
     checks.ids(f"{path}.payment_methods", c.payment_methods)
     checks.tags(f"{path}.include_tags", c.include_tags)
     checks.tags(f"{path}.exclude_tags", c.exclude_tags)
+    known_tiers = scheme.tier_program.tier_ids() if scheme.tier_program else []
+    for i, tier_id in enumerate(c.tiers):
+        if tier_id not in known_tiers:
+            checks.fail(f"{path}.tiers[{i}]", f"{tier_id!r} is not a tier of scheme {scheme.id}")
     checks.amount(f"{path}.min_amount", c.min_amount, allow_zero=True)
     needs_currency = offer.rule.WhichOneof("rule") in _AMOUNT_RULES or c.min_amount > 0
     if c.currency or needs_currency:
@@ -290,6 +294,7 @@ def _domain_conditions(c: rewards_pb2.OfferConditions) -> rewards.Conditions:
         ),
         include_tags=frozenset(c.include_tags),
         exclude_tags=frozenset(c.exclude_tags),
+        tiers=frozenset(c.tiers),
     )
 
 

@@ -23,6 +23,7 @@ from loyalty_ledger.domain import rewards
 from loyalty_ledger.domain.errors import FailedPrecondition, InvalidArgument, LedgerError
 from loyalty_ledger.domain.expiry import Never
 from loyalty_ledger.domain.redemption import RedemptionRate
+from loyalty_ledger.domain.tiers import Tier, TierProgram
 from loyalty_ledger.domain.timeutil import to_us
 from loyalty_ledger.ledger import offers as offer_store
 from loyalty_ledger.ledger import promotions, rewarding
@@ -62,6 +63,7 @@ UPDATABLE_PATHS = frozenset(
         "cash_expiry_allowed",
         "warning_lead_times",
         "redemption_rates",
+        "tier_program",
     }
 )
 
@@ -136,6 +138,9 @@ def scheme_spec(checks: Checks, scheme: offer_pb2.Scheme, path: str = "scheme") 
             checks.fail(rate_path, f"{rate.asset} in {rate.currency} is listed twice")
         if rate.points > 0 and rate.value > 0:
             rates.append(RedemptionRate(rate.asset, rate.points, rate.currency, rate.value))
+    tier_program = None
+    if scheme.HasField("tier_program"):
+        tier_program = _tier_program(checks, scheme.tier_program, assets, f"{path}.tier_program")
     return SchemeSpec(
         name=scheme.name,
         assets=assets,
@@ -146,6 +151,43 @@ def scheme_spec(checks: Checks, scheme: offer_pb2.Scheme, path: str = "scheme") 
         cash_expiry_allowed=scheme.cash_expiry_allowed,
         warning_lead_seconds=tuple(sorted(leads)),
         redemption_rates=tuple(rates),
+        tier_program=tier_program,
+    )
+
+
+def _tier_program(
+    checks: Checks, program: offer_pb2.TierProgram, assets: dict[str, int], path: str
+) -> TierProgram | None:
+    """Validate a tier programme; None when it has a violation (recorded in `checks`)."""
+    before = len(checks.violations)
+    basis = convert.TIER_BASIS_FROM_PROTO.get(program.basis)
+    if basis is None:
+        checks.fail(f"{path}.basis", "POINTS or SPEND is required")
+    checks.asset(f"{path}.asset", program.asset)
+    if program.asset and program.asset not in assets:
+        checks.fail(f"{path}.asset", f"{program.asset} is not one of the scheme's assets")
+    if not 1 <= program.window_days <= limits.TIER_WINDOW_DAYS_MAX:
+        checks.fail(f"{path}.window_days", f"must be 1 to {limits.TIER_WINDOW_DAYS_MAX}")
+    if not 1 <= len(program.tiers) <= limits.TIERS_MAX:
+        checks.fail(f"{path}.tiers", f"1 to {limits.TIERS_MAX} tiers are required")
+    seen: set[str] = set()
+    for i, tier in enumerate(program.tiers[: limits.TIERS_MAX]):
+        tier_path = f"{path}.tiers[{i}]"
+        checks.tag(f"{tier_path}.tier_id", tier.tier_id)
+        if tier.tier_id in seen:
+            checks.fail(f"{tier_path}.tier_id", f"{tier.tier_id!r} is listed twice")
+        seen.add(tier.tier_id)
+        checks.text(f"{tier_path}.name", tier.name, max_chars=limits.NAME_CHARS_MAX, required=True)
+        checks.amount(f"{tier_path}.threshold", tier.threshold, allow_zero=True)
+        if i and tier.threshold <= program.tiers[i - 1].threshold:
+            checks.fail(f"{tier_path}.threshold", "thresholds must increase strictly, in order")
+    if len(checks.violations) > before or basis is None:
+        return None
+    return TierProgram(
+        basis=basis,
+        asset=program.asset,
+        window_days=program.window_days,
+        tiers=tuple(Tier(t.tier_id, t.name, t.threshold) for t in program.tiers),
     )
 
 
@@ -158,7 +200,7 @@ def merged_scheme(
         merged.ClearField(path)  # type: ignore[arg-type]
         if path in ("assets", "warning_lead_times", "redemption_rates"):
             getattr(merged, path).extend(getattr(update, path))
-        elif path in ("default_expiry_policy", "refund_policy"):
+        elif path in ("default_expiry_policy", "refund_policy", "tier_program"):
             getattr(merged, path).CopyFrom(getattr(update, path))
         else:
             setattr(merged, path, getattr(update, path))

@@ -78,8 +78,11 @@ class Checks:
             self.fail(field_path, f"at most {limits.WALLET_TAGS_MAX} tags")
             return
         for i, value in enumerate(values):
-            if not _TAG.match(value):
-                self.fail(f"{field_path}[{i}]", "1-64 characters of a-z, 0-9, '-', '_' and ':'")
+            self.tag(f"{field_path}[{i}]", value)
+
+    def tag(self, field_path: str, value: str) -> None:
+        if not _TAG.match(value):
+            self.fail(field_path, "1-64 characters of a-z, 0-9, '-', '_' and ':'")
 
     def asset(self, field_path: str, value: str, *, required: bool = True) -> None:
         if not value and not required:

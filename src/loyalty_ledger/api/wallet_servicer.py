@@ -102,6 +102,22 @@ class WalletServicer(ExpiryRpcs, wallet_pb2_grpc.WalletServiceServicer):
         return wallet_pb2.GetWalletResponse(wallet=convert.wallet_to_proto(wallet))
 
     @rpc_errors
+    async def ListTierChanges(
+        self, request: wallet_pb2.ListTierChangesRequest, context: Ctx
+    ) -> wallet_pb2.ListTierChangesResponse:
+        checks = Checks()
+        checks.resource_id("wallet_id", request.wallet_id)
+        checks.done()
+        size = page_size(request.page_size)
+        page = await self.ledger.read(
+            lambda r: r.list_tier_changes(request.wallet_id, size, request.page_token)
+        )
+        return wallet_pb2.ListTierChangesResponse(
+            tier_changes=[convert.tier_change_to_proto(row) for row in page.items],
+            next_page_token=page.next_token,
+        )
+
+    @rpc_errors
     async def ListWallets(
         self, request: wallet_pb2.ListWalletsRequest, context: Ctx
     ) -> wallet_pb2.ListWalletsResponse:

@@ -200,20 +200,31 @@ class Conditions:
     attributes: tuple[AttributeCondition, ...] = ()
     include_tags: frozenset[str] = frozenset()  # the wallet needs one of them
     exclude_tags: frozenset[str] = frozenset()  # the wallet may have none of them
+    tiers: frozenset[str] = frozenset()  # the wallet's tier must be one of them
+
+
+@dataclass(frozen=True)
+class WalletProfile:
+    """What offers may ask of the wallet itself."""
+
+    tags: frozenset[str] = frozenset()
+    tier: str | None = None
 
 
 def rejection(
     event: CustomerEvent,
     conditions: Conditions,
     tz: ZoneInfo,
-    wallet_tags: frozenset[str] = frozenset(),
+    wallet: WalletProfile = WalletProfile(),
 ) -> str | None:
-    """Why the event (for a wallet with `wallet_tags`) does not qualify, or None when it does."""
+    """Why the event (for `wallet`) does not qualify, or None when it does."""
     c = conditions
-    if c.include_tags and not c.include_tags & wallet_tags:
+    if c.include_tags and not c.include_tags & wallet.tags:
         return "the wallet has none of the required tags"
-    if c.exclude_tags & wallet_tags:
+    if c.exclude_tags & wallet.tags:
         return "the wallet has an excluded tag"
+    if c.tiers and wallet.tier not in c.tiers:
+        return f"for tiers {', '.join(sorted(c.tiers))} only"
     local = event.occurred_at.astimezone(tz)
     if event.type not in c.event_types:
         return f"reacts to {', '.join(sorted(t.value for t in c.event_types))} events"
@@ -384,14 +395,14 @@ def evaluate(
     usage: Mapping[str, OfferUsage],
     tz: ZoneInfo,
     scale: int,
-    wallet_tags: frozenset[str] = frozenset(),
+    wallet: WalletProfile = WalletProfile(),
 ) -> Evaluation:
     """Every qualifying offer's award. Non-exclusive offers stack; of the exclusive ones only
     the highest award applies (ties go to the smallest offer_id). Ordered by offer_id."""
     awards: list[Award] = []
     qualified: set[str] = set()
     for offer in sorted(offers, key=lambda o: o.offer_id):
-        if rejection(event, offer.conditions, tz, wallet_tags) is not None:
+        if rejection(event, offer.conditions, tz, wallet) is not None:
             continue
         qualified.add(offer.offer_id)
         used = usage.get(offer.offer_id, OfferUsage())

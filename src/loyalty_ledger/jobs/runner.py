@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
+from loyalty_ledger.ledger import tiers
 from loyalty_ledger.ledger.engine import Tx
 from loyalty_ledger.ledger.records import RunKind, RunRecord, RunStatus
 from loyalty_ledger.ledger.rewarding import Decoder, birthday_chunk
@@ -26,6 +27,7 @@ RUN_ORDER = (
     RunKind.INACTIVITY,
     RunKind.EXPIRY_WARNING,
     RunKind.BIRTHDAY,
+    RunKind.TIER_REVIEW,
 )
 
 
@@ -53,6 +55,9 @@ class Runner:
             ),
             RunKind.INACTIVITY: lambda tx, run: tx.expire_inactive_chunk(
                 run.id, run.as_of_us, chunk_max
+            ),
+            RunKind.TIER_REVIEW: lambda tx, run: tiers.review_chunk(
+                tx, run.id, run.as_of_us, chunk_max
             ),
         }
         if decode is not None:

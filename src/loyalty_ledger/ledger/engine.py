@@ -23,6 +23,7 @@ from sqlalchemy import BigInteger, bindparam, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.expression import Executable
 
 from loyalty_ledger.domain.errors import (
@@ -47,8 +48,10 @@ from loyalty_ledger.domain.spend_order import (
     allocate,
     spend_order_key,
 )
+from loyalty_ledger.domain.tiers import TierProgram
 from loyalty_ledger.domain.timeutil import from_us, to_us
 from loyalty_ledger.ledger import tables as t
+from loyalty_ledger.ledger import tiers
 from loyalty_ledger.ledger.expiry_chunk import expire_whole_lots
 from loyalty_ledger.ledger.ids import new_id
 from loyalty_ledger.ledger.outbox import (
@@ -116,6 +119,9 @@ def expiry_account(lot: LotRecord) -> str:
     return f"breakage:{lot.scheme_id}"
 
 
+# Entries that change a wallet's qualifying points (see domain.tiers).
+_TIER_ACTIVITY = frozenset({TxType.AWARD, TxType.REVERSAL})
+
 # -- commands ---------------------------------------------------------------------------
 
 
@@ -132,6 +138,7 @@ class SchemeSpec:
     cash_expiry_allowed: bool
     warning_lead_seconds: tuple[int, ...] = ()
     redemption_rates: tuple[RedemptionRate, ...] = ()
+    tier_program: TierProgram | None = None
 
 
 @dataclass(frozen=True)
@@ -213,6 +220,11 @@ class _Journal:
 class PostingTx(Reader):
     """All ledger writes, on one connection inside one database transaction."""
 
+    def __init__(self, conn: AsyncConnection, now_us: int) -> None:
+        super().__init__(conn, now_us)
+        # Wallets whose tier may have moved: re-evaluated before commit (ledger.tiers).
+        self.tier_activity: set[str] = set()
+
     # -- plumbing --------------------------------------------------------------------------
 
     async def _record(self, journal: _Journal) -> TransactionRecord:
@@ -229,6 +241,8 @@ class PostingTx(Reader):
         """
         txns, txn_rows, posting_rows, allocation_rows, event_rows = [], [], [], [], []
         for journal in journals:
+            if journal.type in _TIER_ACTIVITY and journal.wallet_id is not None:
+                self.tier_activity.add(journal.wallet_id)
             totals: dict[str, int] = defaultdict(int)
             for posting in journal.postings:
                 totals[posting.asset] += posting.amount
@@ -507,6 +521,9 @@ class PostingTx(Reader):
             "redemption_rates": json.dumps(
                 [[r.asset, r.points, r.currency, r.value] for r in spec.redemption_rates]
             ),
+            "tier_program": (
+                json.dumps(spec.tier_program.to_dict()) if spec.tier_program is not None else None
+            ),
             "updated_at_us": self.now_us,
         }
 
@@ -603,6 +620,8 @@ class PostingTx(Reader):
             wallet_id=wallet_id,
             now_us=self.now_us,
         )
+        # A new wallet enters a tier of threshold 0 at once (and the response shows it).
+        await tiers.evaluate(self, [wallet_id], self.now_us, cause=tiers.ACTIVITY)
         return await self.get_wallet(wallet_id)
 
     async def change_wallet_status(

@@ -338,6 +338,23 @@ class Reader:
             items, self._next(rows, size, "transactions", lambda r: [r.created_at_us, r.id])
         )
 
+    async def list_tier_changes(self, wallet_id: str, size: int, token: str) -> Page[Any]:
+        """A wallet's tier changes (rows of `tier_changes`), newest first."""
+        await self.get_wallet(wallet_id)
+        tc = t.tier_changes
+        query = (
+            select(tc)
+            .where(tc.c.wallet_id == wallet_id)
+            .order_by(tc.c.created_at_us.desc(), tc.c.id.desc())
+        )
+        after = decode_token("tier_changes", token, 2)
+        if after is not None:
+            query = query.where(after_key([tc.c.created_at_us, tc.c.id], after, descending=True))
+        rows = list(await self.conn.execute(query.limit(size + 1)))
+        return Page(
+            rows[:size], self._next(rows, size, "tier_changes", lambda r: [r.created_at_us, r.id])
+        )
+
     # -- runs and upcoming expirations ---------------------------------------------------
 
     async def get_run(self, run_id: str) -> RunRecord:

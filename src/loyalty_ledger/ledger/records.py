@@ -10,6 +10,7 @@ from typing import Any, Generic, TypeVar
 from loyalty_ledger.domain.expiry import ExpiryPolicy, policy_from_dict
 from loyalty_ledger.domain.redemption import RedemptionRate
 from loyalty_ledger.domain.spend_order import Funding, LotView
+from loyalty_ledger.domain.tiers import TierProgram
 
 T = TypeVar("T")
 
@@ -68,6 +69,7 @@ class SchemeRecord:
     created_at_us: int
     updated_at_us: int
     redemption_rates: list[RedemptionRate] = field(default_factory=list)
+    tier_program: TierProgram | None = None
 
     @classmethod
     def from_row(cls, row: Any, assets: dict[str, int]) -> SchemeRecord:
@@ -84,6 +86,9 @@ class SchemeRecord:
             created_at_us=row.created_at_us,
             updated_at_us=row.updated_at_us,
             redemption_rates=[RedemptionRate(*r) for r in json.loads(row.redemption_rates)],
+            tier_program=(
+                TierProgram.from_dict(json.loads(row.tier_program)) if row.tier_program else None
+            ),
         )
 
 
@@ -102,6 +107,8 @@ class WalletRecord:
     referred_by: str | None = None
     referral_rewarded_at_us: int | None = None
     birthday: tuple[int, int] | None = None  # (month, day)
+    tier_id: str | None = None
+    tier_since_us: int | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> WalletRecord:
@@ -119,6 +126,8 @@ class WalletRecord:
             referred_by=row.referred_by,
             referral_rewarded_at_us=row.referral_rewarded_at_us,
             birthday=(row.birth_month, row.birth_day) if row.birth_month else None,
+            tier_id=row.tier_id,
+            tier_since_us=row.tier_since_us,
         )
 
 
@@ -294,6 +303,7 @@ class RunKind(enum.StrEnum):
     HOLD_TIMEOUT = "HOLD_TIMEOUT"
     INACTIVITY = "INACTIVITY"
     BIRTHDAY = "BIRTHDAY"
+    TIER_REVIEW = "TIER_REVIEW"
 
 
 class RunStatus(enum.StrEnum):

@@ -121,7 +121,7 @@ async def _evaluate(
         usage,
         tz,
         scheme.assets.get(event.currency, 0),
-        frozenset(wallet.tags),
+        rewards.WalletProfile(frozenset(wallet.tags), wallet.tier_id),
     )
     keys = {w.value: p for w, p in periods.items()}
     return scheme, {k: settings for k, (_, settings) in decoded.items()}, evaluation, keys
@@ -169,6 +169,7 @@ async def submit_event(
     )
     posted = await _post(tx, wallet, event, evaluation, settings, periods, reference, event_id)
     assert scheme.id == wallet.scheme_id
+    tx.tier_activity.add(wallet.id)  # a purchase counts towards a SPEND tier programme
     if referrer is not None:
         posted += await _reward_referrer(tx, wallet, referrer, event, reference, decode, event_id)
     return event_id, posted
@@ -386,6 +387,7 @@ async def reverse_event(
     if event is None:
         raise NotFound("event", event_id)
     await tx.lock_wallet_for_reversal(event.wallet_id)
+    tx.tier_activity.add(event.wallet_id)  # a return counts against a SPEND tier programme
     # Re-read under the wallet lock: a concurrent return of this event has committed by now.
     event = (await tx.conn.execute(select(ce).where(ce.c.id == event_id))).one()
     awards = list(

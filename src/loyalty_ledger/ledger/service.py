@@ -8,7 +8,7 @@ from typing import TypeVar
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loyalty_ledger.clock import Clock
-from loyalty_ledger.ledger import idempotency
+from loyalty_ledger.ledger import idempotency, tiers
 from loyalty_ledger.ledger.db import Database
 from loyalty_ledger.ledger.engine import Tx
 from loyalty_ledger.ledger.reads import Reader
@@ -38,7 +38,10 @@ class Ledger:
     async def write(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
         async def job(conn: AsyncConnection) -> T:
             # Time is read when the transaction starts, so it never runs backwards in the log.
-            return await fn(Tx(conn, self.clock.now_us()))
+            tx = Tx(conn, self.clock.now_us())
+            result = await fn(tx)
+            await tiers.refresh_activity(tx)
+            return result
 
         result = await self.db.write(job)
         for listener in self._commit_listeners:

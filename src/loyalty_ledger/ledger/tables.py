@@ -53,6 +53,7 @@ schemes = Table(
     Column("updated_at_us", Us, nullable=False),
     # JSON list of [asset, points, currency, value], see domain.redemption
     Column("redemption_rates", Text, nullable=False, server_default="[]"),
+    Column("tier_program", Text, nullable=True),  # JSON, see domain.tiers; null: no tiers
     Index(None, "created_at_us", "id"),
 )
 
@@ -82,6 +83,9 @@ wallets = Table(
     Column("referral_rewarded_at_us", Us, nullable=True),
     Column("birth_month", Integer, nullable=True),
     Column("birth_day", Integer, nullable=True),
+    Column("tier_id", String(64), nullable=True),
+    Column("tier_since_us", Us, nullable=True),
+    Column("tier_checked_us", Us, nullable=True),  # the last evaluation's as-of time
     UniqueConstraint("scheme_id", "customer_ref"),
     Index(None, "created_at_us", "id"),
     Index(None, "scheme_id", "created_at_us", "id"),
@@ -430,4 +434,20 @@ birthday_events = Table(
     Column("event_id", Id, nullable=False),
     Column("run_id", Id, nullable=True),
     Column("created_at_us", Us, nullable=False),
+)
+
+# Every change of a wallet's tier, with the qualifying amount that decided it.
+tier_changes = Table(
+    "tier_changes",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("wallet_id", Id, ForeignKey("wallets.id"), nullable=False),
+    Column("scheme_id", Id, nullable=False),
+    Column("from_tier", String(64), nullable=True),
+    Column("to_tier", String(64), nullable=True),
+    Column("qualifying", Amount, nullable=False),
+    Column("cause", String(16), nullable=False),
+    Column("run_id", Id, nullable=True),
+    Column("created_at_us", Us, nullable=False),
+    Index(None, "wallet_id", "created_at_us", "id"),
 )
