@@ -48,13 +48,13 @@ def _settings(**overrides: Any) -> Settings:
 
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="Listen address [env LOYALTY_HOST].")] = None,
-    port: Annotated[int | None, typer.Option(help="Port [env LOYALTY_PORT].")] = None,
+    host: Annotated[str | None, typer.Option(help="Listen address (env LOYALTY_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (env LOYALTY_PORT).")] = None,
     database_url: Annotated[
-        str | None, typer.Option(help="SQLAlchemy URL [env LOYALTY_DATABASE_URL].")
+        str | None, typer.Option(help="SQLAlchemy URL (env LOYALTY_DATABASE_URL).")
     ] = None,
     clock: Annotated[
-        str | None, typer.Option(help="'system' or 'test' [env LOYALTY_CLOCK].")
+        str | None, typer.Option(help="'system' or 'test' (env LOYALTY_CLOCK).")
     ] = None,
 ) -> None:
     """Serve the gRPC API until SIGTERM/SIGINT."""
@@ -72,7 +72,7 @@ def serve(
 @app.command()
 def migrate(
     database_url: Annotated[
-        str | None, typer.Option(help="SQLAlchemy URL [env LOYALTY_DATABASE_URL].")
+        str | None, typer.Option(help="SQLAlchemy URL (env LOYALTY_DATABASE_URL).")
     ] = None,
     revision: Annotated[str, typer.Option(help="Target revision.")] = "head",
 ) -> None:
@@ -92,7 +92,7 @@ AddressOption = Annotated[
         "--address",
         "-a",
         envvar="LOYALTY_ADDRESS",
-        help="Server HOST:PORT [env LOYALTY_ADDRESS; default LOYALTY_HOST:LOYALTY_PORT].",
+        help="Server HOST:PORT; default LOYALTY_HOST:LOYALTY_PORT (127.0.0.1:50051).",
         show_default=False,
     ),
 ]
@@ -354,7 +354,7 @@ def run(
             "--address",
             "-a",
             envvar="LOYALTY_ADDRESS",
-            help="Ask the server at HOST:PORT to run it (RunExpiry) [env LOYALTY_ADDRESS]. "
+            help="Ask the server at HOST:PORT to run it (RunExpiry). "
             "Without it the command opens the database itself.",
             show_default=False,
         ),
@@ -377,14 +377,14 @@ def run(
         float, typer.Option(help="With --address: seconds to wait for the run.", min=0.1)
     ] = 600.0,
     database_url: Annotated[
-        str | None, typer.Option(help="SQLAlchemy URL [env LOYALTY_DATABASE_URL].")
+        str | None, typer.Option(help="SQLAlchemy URL (env LOYALTY_DATABASE_URL).")
     ] = None,
 ) -> None:
     """Run one batch job now and print its summary.
 
-    With --address the running server does it (RunExpiry), through its own writer and clock.
-    Without it the command opens LOYALTY_DATABASE_URL and runs it as of the system time.
-    Exits with 1 if the run failed.
+    With --address the running server does it (RunExpiry), with its own
+    writer and clock. Without it the command opens LOYALTY_DATABASE_URL
+    itself and runs as of the system time. Exits with 1 if the run failed.
     """
     kind_name = _RUN_KIND_NAMES[kind]
     if address:
@@ -559,11 +559,12 @@ def watch(
         bool, typer.Option("--json", help="Print one proto3 JSON object per event.")
     ] = False,
 ) -> None:
-    """Follow the expiration stream (WatchExpirations) and print events as they arrive.
+    """Follow the expiration stream (WatchExpirations) and print events live.
 
-    Delivery is at least once: events already printed in this session are skipped by
-    event_id. With --cursor-file the command resumes where the last one stopped. After a
-    disconnect it reconnects by itself, from the last sequence it saw.
+    Delivery is at least once: events already printed in this session are
+    skipped by event_id. With --cursor-file the command resumes where the
+    last one stopped. After a disconnect it reconnects by itself, from the
+    last sequence it saw.
     """
     import grpc
     from google.protobuf import json_format
@@ -695,8 +696,11 @@ def export_expirations(
     address: AddressOption = None,
     timeout: TimeoutOption = DEFAULT_TIMEOUT_S,
 ) -> None:
-    """Export open lots expiring in a window (ListUpcomingExpirations, every page), soonest
-    first. `amount` is the remaining value in minor units; times are UTC ISO 8601."""
+    """Export open lots expiring in a window, soonest first.
+
+    Reads every page of ListUpcomingExpirations. `amount` is the remaining
+    value in minor units; times are UTC ISO 8601.
+    """
     from google.protobuf.timestamp_pb2 import Timestamp
     from loyalty.v1 import expiry_pb2, wallet_pb2_grpc
 
