@@ -43,7 +43,19 @@ EXIT_ERROR = 1
 
 
 def _settings(**overrides: Any) -> Settings:
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    """The settings, or one error line per bad value (not a traceback) and exit code 1."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as error:
+        for problem in error.errors():
+            name = "_".join(str(part) for part in problem["loc"])
+            given = f" (got {problem['input']!r})" if "input" in problem else ""
+            typer.echo(
+                f"error: invalid setting LOYALTY_{name.upper()}: {problem['msg']}{given}", err=True
+            )
+        raise typer.Exit(EXIT_ERROR) from None
 
 
 @app.command()

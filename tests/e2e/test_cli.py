@@ -26,7 +26,7 @@ from tests.conftest import START_TIME
 from tests.helpers import balance, credit, make_scheme, make_wallet, rid, ts
 
 # The CLI is backend-agnostic: one backend keeps these tests quick.
-pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 CLI_TIMEOUT_S = 30.0
 
@@ -61,6 +61,7 @@ def table_rows(result: Result) -> dict[str, str]:
     )
 
 
+@sqlite_only
 async def test_wallet_and_balance_show_a_wallet_in_asset_units(app, offers, wallets) -> None:
     await make_scheme(offers)
     wallet = await make_wallet(wallets, customer_ref="alice")
@@ -88,6 +89,7 @@ async def test_wallet_and_balance_show_a_wallet_in_asset_units(app, offers, wall
     assert "EUR" in only.stdout and "POINTS" not in only.stdout
 
 
+@sqlite_only
 async def test_errors_are_one_line_with_code_and_reason(app) -> None:
     missing = await loyalty("wallet", "wal_missing", "--address", address(app))
     assert_one_error_line(missing, "error: NOT_FOUND WALLET_NOT_FOUND: ")
@@ -104,6 +106,7 @@ async def test_errors_are_one_line_with_code_and_reason(app) -> None:
     assert_one_error_line(down, "error: UNAVAILABLE: ")
 
 
+@sqlite_only
 async def test_run_through_the_server_prints_a_summary(app, offers, wallets, clock) -> None:
     await make_scheme(offers)
     wallet = (await make_wallet(wallets)).wallet_id
@@ -152,6 +155,7 @@ async def test_run_through_the_server_prints_a_summary(app, offers, wallets, clo
     assert unknown.exit_code == 2
 
 
+@sqlite_only
 async def test_watch_saves_its_cursor_and_resumes_from_it(
     app, offers, wallets, clock, tmp_path: Path
 ) -> None:
@@ -214,6 +218,7 @@ async def test_watch_saves_its_cursor_and_resumes_from_it(
     assert_one_error_line(broken, "error: cursor file ")
 
 
+@sqlite_only
 async def test_export_expirations_pages_through_a_window(app, offers, wallets, clock) -> None:
     await make_scheme(offers)
     wallet = (await make_wallet(wallets, customer_ref="carol")).wallet_id
@@ -252,3 +257,9 @@ async def test_export_expirations_pages_through_a_window(app, offers, wallets, c
 
     neither = await loyalty("export", "expirations", *window, "-a", address(app))
     assert neither.exit_code == 2
+
+
+def test_a_bad_setting_is_one_line_naming_the_variable() -> None:
+    result = CliRunner().invoke(cli_app, ["serve"], env={"LOYALTY_PORT": "99999"})
+    assert_one_error_line(result, "error: invalid setting LOYALTY_PORT: ")
+    assert "65535" in result.stderr
