@@ -343,6 +343,7 @@ class RunChoice(StrEnum):
     holds = "holds"  # the earlier name of hold-timeout
     inactivity = "inactivity"
     birthdays = "birthdays"
+    tier_review = "tier-review"
 
 
 _RUN_KIND_NAMES = {
@@ -352,6 +353,7 @@ _RUN_KIND_NAMES = {
     RunChoice.holds: "HOLD_TIMEOUT",
     RunChoice.inactivity: "INACTIVITY",
     RunChoice.birthdays: "BIRTHDAY",
+    RunChoice.tier_review: "TIER_REVIEW",
 }
 
 

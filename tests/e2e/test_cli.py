@@ -147,6 +147,9 @@ async def test_run_through_the_server_prints_a_summary(app, offers, wallets, clo
     got = await wallets.GetHold(wallet_pb2.GetHoldRequest(hold_id=hold.hold.hold_id))
     assert got.hold.status == wallet_pb2.HOLD_STATUS_EXPIRED
 
+    tiers = await loyalty("run", "tier-review", "--address", address(app))
+    assert table_rows(tiers)["kind"] == "TIER_REVIEW", tiers.output
+
     future = (clock.now() + timedelta(hours=1)).isoformat()
     refused = await loyalty("run", "warnings", "--address", address(app), "--as-of", future)
     assert_one_error_line(refused, "error: INVALID_ARGUMENT INVALID_ARGUMENT: ")
