@@ -252,7 +252,7 @@ def main() -> int:
     if args.check:
         current = args.out.read_text() if args.out.exists() else ""
         if current == text:
-            print(f"{args.out.relative_to(ROOT)} is current")
+            print(f"{args.out} is current")
             return 0
         diff = difflib.unified_diff(
             current.splitlines(), text.splitlines(), "committed", "from protos", lineterm=""
