@@ -4,7 +4,8 @@ For every unary method of every service in protos/loyalty/v1 (WalletService, Off
 TestClockService and any other service the protos declare; a service the server does not
 serve answers UNIMPLEMENTED), hypothesis draws MESSAGES requests from
 tests/reliability/proto_strategies.py and sends them to a real server holding a small funded
-scheme (LOYALTY_FUZZ_MESSAGES overrides the count). No call may end with INTERNAL or UNKNOWN (an unhandled error) or hang past its deadline.
+scheme (LOYALTY_FUZZ_MESSAGES overrides the count). No call may end with INTERNAL or UNKNOWN
+(an unhandled error) or hang past its deadline.
 Afterwards the ledger invariants hold (tests/invariants.py: postings sum to zero, every lot's
 parts add up, holds match), and every wallet's GetBalance matches its lots and holds and is
 never negative (tests/reliability/checks.py). The streaming WatchExpirations is not fuzzed here.
