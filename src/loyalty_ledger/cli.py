@@ -257,11 +257,12 @@ def wallet(
     if as_json:
         _print_json(found)
         return
-    table = Table(show_header=False, title=f"wallet {found.wallet_id}", title_justify="left")
+    table = Table(show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
     status = _enum_name(wallet_pb2.WalletStatus, found.status, "WALLET_STATUS_")
     rows = [
+        ("wallet", found.wallet_id),
         ("scheme", found.scheme_id),
         ("customer", found.customer_ref),
         ("status", status + (f" ({found.status_reason})" if found.status_reason else "")),
@@ -429,7 +430,7 @@ def _run_on_server(
                 wallet_pb2_grpc.WalletServiceStub(channel).RunExpiry(request, timeout=timeout).run
             )
     status = _enum_name(expiry_pb2.RunStatus, finished.status, "RUN_STATUS_")
-    table = Table(show_header=False, title=f"run {finished.run_id}", title_justify="left")
+    table = Table(show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
     duration = "-"
@@ -439,6 +440,7 @@ def _run_on_server(
         ).total_seconds()
         duration = f"{seconds:.3f} s"
     for name, value in [
+        ("run", finished.run_id),
         ("kind", _enum_name(expiry_pb2.RunKind, finished.kind, "RUN_KIND_")),
         ("status", status),
         ("as of", _ts(finished.as_of_time)),

@@ -71,9 +71,10 @@ async def test_wallet_and_balance_show_a_wallet_in_asset_units(app, offers, wall
 
     shown = await loyalty("wallet", wallet.wallet_id, "--address", address(app))
     assert shown.exit_code == 0, shown.output
-    assert wallet.wallet_id in shown.stdout
-    assert "alice" in shown.stdout
-    assert "ACTIVE" in shown.stdout
+    rows = table_rows(shown)
+    assert rows["wallet"] == wallet.wallet_id
+    assert rows["customer"] == "alice"
+    assert rows["status"] == "ACTIVE"
 
     as_json = await loyalty("wallet", wallet.wallet_id, "--address", address(app), "--json")
     assert json.loads(as_json.stdout)["customer_ref"] == "alice"
@@ -135,8 +136,8 @@ async def test_run_through_the_server_prints_a_summary(app, offers, wallets, clo
     assert (await balance(wallets, wallet)).available == 12
 
     replay = await loyalty("run", "expiry", "--address", address(app), "--request-id", "r-1")
-    run_id = expiry.stdout.split("run ", 1)[1].split()[0]
-    assert run_id.startswith("run_") and run_id in replay.stdout
+    run_id = summary["run"]
+    assert run_id.startswith("run_") and table_rows(replay)["run"] == run_id
 
     before = await wallets.GetHold(wallet_pb2.GetHoldRequest(hold_id=hold.hold.hold_id))
     assert before.hold.status == wallet_pb2.HOLD_STATUS_ACTIVE
