@@ -158,10 +158,12 @@ async function main() {
   const watch = watchForExpiry(wallet.wallet_id, lotId);
   const deadline = Date.now() + EVENT_TIMEOUT_MS;
   let event = null;
-  watch.promise.then((e) => (event = e), () => {});
+  let failure = null;
+  watch.promise.then((e) => (event = e), (e) => (failure = e));
   try {
     // Run expiry until the event arrives (the server's own schedule may get there first).
     for (let attempt = 1; event === null; attempt++) {
+      if (failure !== null) throw new Error(`WatchExpirations failed: ${failure.message}`);
       if (Date.now() > deadline) throw new Error("no EXPIRED event within the time limit");
       await sleep(1000);
       const { run } = await call(wallets, "RunExpiry", {
