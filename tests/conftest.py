@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import asyncpg
 import grpc
 import pytest
-from loyalty.v1 import offer_pb2_grpc, wallet_pb2_grpc
+from loyalty.v1 import offer_pb2_grpc, settlement_pb2_grpc, wallet_pb2_grpc
 
 from loyalty_ledger.clock import TestClock
 from loyalty_ledger.ledger import migrate
@@ -134,3 +134,8 @@ def wallets(channel: grpc.aio.Channel) -> wallet_pb2_grpc.WalletServiceStub:
 @pytest.fixture
 def offers(channel: grpc.aio.Channel) -> offer_pb2_grpc.OfferServiceStub:
     return offer_pb2_grpc.OfferServiceStub(channel)
+
+
+@pytest.fixture
+def settlement(channel: grpc.aio.Channel) -> settlement_pb2_grpc.SettlementServiceStub:
+    return settlement_pb2_grpc.SettlementServiceStub(channel)

@@ -345,6 +345,7 @@ class RunChoice(StrEnum):
     inactivity = "inactivity"
     birthdays = "birthdays"
     tier_review = "tier-review"
+    settlement = "settlement"
 
 
 _RUN_KIND_NAMES = {
@@ -355,6 +356,7 @@ _RUN_KIND_NAMES = {
     RunChoice.inactivity: "INACTIVITY",
     RunChoice.birthdays: "BIRTHDAY",
     RunChoice.tier_review: "TIER_REVIEW",
+    RunChoice.settlement: "SETTLEMENT",
 }
 
 

@@ -15,6 +15,8 @@ from loyalty.v1 import (
     clock_pb2_grpc,
     offer_pb2,
     offer_pb2_grpc,
+    settlement_pb2,
+    settlement_pb2_grpc,
     wallet_pb2,
     wallet_pb2_grpc,
 )
@@ -22,8 +24,10 @@ from loyalty.v1 import (
 from loyalty_ledger.api.clock_servicer import TestClockServicer
 from loyalty_ledger.api.offer_codec import decode_offer
 from loyalty_ledger.api.offer_servicer import OfferServicer
+from loyalty_ledger.api.settlement_servicer import SettlementServicer
 from loyalty_ledger.api.wallet_servicer import WalletServicer
 from loyalty_ledger.clock import Clock, SystemClock, TestClock
+from loyalty_ledger.domain.settlement import Period
 from loyalty_ledger.events.hub import ExpirationHub
 from loyalty_ledger.jobs.runner import Runner
 from loyalty_ledger.jobs.scheduler import Scheduler
@@ -39,6 +43,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAMES = (
     wallet_pb2.DESCRIPTOR.services_by_name["WalletService"].full_name,
     offer_pb2.DESCRIPTOR.services_by_name["OfferService"].full_name,
+    settlement_pb2.DESCRIPTOR.services_by_name["SettlementService"].full_name,
 )
 TEST_CLOCK_SERVICE = clock_pb2.DESCRIPTOR.services_by_name["TestClockService"].full_name
 READINESS_POLL_SECONDS = 1.0
@@ -75,7 +80,12 @@ class App:
             poll_interval_s=settings.watch_poll_seconds,
         )
         self.ledger.add_commit_listener(self.hub.notify)
-        self.runner = Runner(self.ledger, chunk_max=settings.run_chunk_max, decode=decode_offer)
+        self.runner = Runner(
+            self.ledger,
+            chunk_max=settings.run_chunk_max,
+            decode=decode_offer,
+            settlement_period=Period(settings.settlement_period),
+        )
         self.scheduler: Scheduler | None = None
         if settings.scheduler and not isinstance(self.clock, TestClock):
             self.scheduler = Scheduler(
@@ -90,6 +100,7 @@ class App:
                     RunKind.TIER_REVIEW: settings.tier_review_interval_seconds,
                 },
                 lease_s=settings.lease_seconds,
+                crontabs={RunKind.SETTLEMENT: settings.settlement_cron},
             )
         self.health = health_aio.HealthServicer()
         self.server = grpc.aio.server(
@@ -116,6 +127,9 @@ class App:
                 self.ledger, event_age_max_us=self.settings.event_age_max_hours * 3600 * 1_000_000
             ),
             self.server,
+        )
+        settlement_pb2_grpc.add_SettlementServiceServicer_to_server(
+            SettlementServicer(self.ledger), self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         if self.settings.reflection:

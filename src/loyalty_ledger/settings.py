@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from apscheduler.triggers.cron import CronTrigger
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///data/loyalty.db"
@@ -52,6 +53,13 @@ class Settings(BaseSettings):
     birthday_interval_seconds: float = Field(3600.0, gt=0, le=86_400)
     # Daily: activity re-evaluates a wallet's tier at once; the review catches the window.
     tier_review_interval_seconds: float = Field(86_400.0, gt=0, le=86_400)
+    settlement_cron: str = Field(
+        "15 * * * *",
+        description="Crontab (UTC) of the scheduled settlement run; empty: never scheduled.",
+    )
+    settlement_period: Literal["DAY", "MONTH"] = Field(
+        "DAY", description="Scheduled statements end at local midnight, or month start."
+    )
     scheduler: bool = Field(
         True, description="Run the interval schedule (off with --clock=test: AdvanceTime runs)."
     )
@@ -75,3 +83,10 @@ class Settings(BaseSettings):
         720, ge=1, le=8784, description="SubmitEvent refuses events older than this (30 days)."
     )
     log_level: str = Field("INFO")
+
+    @field_validator("settlement_cron")
+    @classmethod
+    def _crontab(cls, value: str) -> str:
+        if value.strip():
+            CronTrigger.from_crontab(value, timezone="UTC")  # raises ValueError when invalid
+        return value.strip()

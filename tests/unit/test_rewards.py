@@ -225,18 +225,18 @@ def test_wallet_tags_include_and_exclude() -> None:
     assert r.rejection(event, open_to_all_but, AMSTERDAM) is None
 
 
-def tagged(*tags: str) -> r.WalletProfile:
-    return r.WalletProfile(tags=frozenset(tags))
+def tagged(*tags: str) -> r.Context:
+    return r.Context(tags=frozenset(tags))
 
 
 def test_tier_condition_needs_one_of_the_tiers() -> None:
     gold_or_silver = r.Conditions(tiers=frozenset({"gold", "silver"}))
     event = purchase(100)
-    assert r.rejection(event, gold_or_silver, AMSTERDAM, r.WalletProfile(tier="gold")) is None
-    assert r.rejection(event, gold_or_silver, AMSTERDAM, r.WalletProfile(tier="silver")) is None
-    assert r.rejection(event, gold_or_silver, AMSTERDAM, r.WalletProfile(tier="bronze"))
-    assert r.rejection(event, gold_or_silver, AMSTERDAM, r.WalletProfile(tier=None))
-    assert r.rejection(event, r.Conditions(), AMSTERDAM, r.WalletProfile(tier=None)) is None
+    assert r.rejection(event, gold_or_silver, AMSTERDAM, r.Context(tier="gold")) is None
+    assert r.rejection(event, gold_or_silver, AMSTERDAM, r.Context(tier="silver")) is None
+    assert r.rejection(event, gold_or_silver, AMSTERDAM, r.Context(tier="bronze"))
+    assert r.rejection(event, gold_or_silver, AMSTERDAM, r.Context(tier=None))
+    assert r.rejection(event, r.Conditions(), AMSTERDAM, r.Context(tier=None)) is None
 
 
 def test_leap_day_birthdays_are_celebrated_on_28_february_in_common_years() -> None:
@@ -246,3 +246,12 @@ def test_leap_day_birthdays_are_celebrated_on_28_february_in_common_years() -> N
     assert r.birthdays_on(date(2028, 2, 28)) == [(2, 28)]
     assert r.birthdays_on(date(2028, 2, 29)) == [(2, 29)]
     assert r.birthdays_on(date(2027, 3, 1)) == [(3, 1)]
+
+
+def test_merchant_group_condition_needs_the_merchant_in_one_of_the_groups() -> None:
+    fuel = r.Conditions(merchant_group_ids=frozenset({"fuel", "car-wash"}))
+    event = purchase(100)
+    in_fuel = r.Context(merchant_groups=frozenset({"fuel", "north"}))
+    assert r.rejection(event, fuel, AMSTERDAM, in_fuel) is None
+    assert r.rejection(event, fuel, AMSTERDAM, r.Context(merchant_groups=frozenset({"north"})))
+    assert r.rejection(event, fuel, AMSTERDAM, r.Context())

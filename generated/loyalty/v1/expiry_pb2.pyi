@@ -47,6 +47,12 @@ class _RunKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunKind.Value
     """Re-evaluates the tier of every ACTIVE or FROZEN wallet of a scheme with a tier programme
     as of the run's time (activity leaving the rolling window moves wallets down).
     """
+    RUN_KIND_SETTLEMENT: _RunKind.ValueType  # 7
+    """Settles every party of every scheme that is behind, up to the latest local period
+    boundary (day or month, LOYALTY_SETTLEMENT_PERIOD): each party's next statement starts
+    where its last one ended (its first at the scheme's creation). Scheduled by
+    LOYALTY_SETTLEMENT_CRON; RunSettlement settles chosen periods on demand.
+    """
 
 class RunKind(_RunKind, metaclass=_RunKindEnumTypeWrapper):
     """The kind of a scheduled or requested batch run."""
@@ -71,6 +77,12 @@ common years).
 RUN_KIND_TIER_REVIEW: RunKind.ValueType  # 6
 """Re-evaluates the tier of every ACTIVE or FROZEN wallet of a scheme with a tier programme
 as of the run's time (activity leaving the rolling window moves wallets down).
+"""
+RUN_KIND_SETTLEMENT: RunKind.ValueType  # 7
+"""Settles every party of every scheme that is behind, up to the latest local period
+boundary (day or month, LOYALTY_SETTLEMENT_PERIOD): each party's next statement starts
+where its last one ended (its first at the scheme's creation). Scheduled by
+LOYALTY_SETTLEMENT_CRON; RunSettlement settles chosen periods on demand.
 """
 Global___RunKind: _TypeAlias = RunKind  # noqa: Y015
 

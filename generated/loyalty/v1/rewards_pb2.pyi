@@ -216,6 +216,34 @@ ATTRIBUTE_OPERATOR_LTE: AttributeOperator.ValueType  # 6
 """Less than or equal, as integers."""
 Global___AttributeOperator: _TypeAlias = AttributeOperator  # noqa: Y015
 
+class _ContributorKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ContributorKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ContributorKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CONTRIBUTOR_KIND_UNSPECIFIED: _ContributorKind.ValueType  # 0
+    """Not set; refused."""
+    CONTRIBUTOR_KIND_EVENT_MERCHANT: _ContributorKind.ValueType  # 1
+    """The merchant where the event happened (the operator when the event names none)."""
+    CONTRIBUTOR_KIND_SPONSOR: _ContributorKind.ValueType  # 2
+    """A named sponsor (`sponsor_id`): a merchant or a brand."""
+    CONTRIBUTOR_KIND_OPERATOR: _ContributorKind.ValueType  # 3
+    """The programme operator."""
+
+class ContributorKind(_ContributorKind, metaclass=_ContributorKindEnumTypeWrapper):
+    """Who funds a share of an award."""
+
+CONTRIBUTOR_KIND_UNSPECIFIED: ContributorKind.ValueType  # 0
+"""Not set; refused."""
+CONTRIBUTOR_KIND_EVENT_MERCHANT: ContributorKind.ValueType  # 1
+"""The merchant where the event happened (the operator when the event names none)."""
+CONTRIBUTOR_KIND_SPONSOR: ContributorKind.ValueType  # 2
+"""A named sponsor (`sponsor_id`): a merchant or a brand."""
+CONTRIBUTOR_KIND_OPERATOR: ContributorKind.ValueType  # 3
+"""The programme operator."""
+Global___ContributorKind: _TypeAlias = ContributorKind  # noqa: Y015
+
 @_typing.final
 class PercentOfAmount(_message.Message):
     """A percentage of the event's amount: 2 % cash back is {basis_points: 200}."""
@@ -582,6 +610,7 @@ class OfferConditions(_message.Message):
     INCLUDE_TAGS_FIELD_NUMBER: _builtins.int
     EXCLUDE_TAGS_FIELD_NUMBER: _builtins.int
     TIERS_FIELD_NUMBER: _builtins.int
+    MERCHANT_GROUP_IDS_FIELD_NUMBER: _builtins.int
     min_amount: _builtins.int
     """The least the event's amount must be, in minor units of `currency`."""
     currency: _builtins.str
@@ -638,6 +667,10 @@ class OfferConditions(_message.Message):
     def tiers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The wallet's tier must be one of these (tier ids of the scheme's tier programme)."""
 
+    @_builtins.property
+    def merchant_group_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The event's merchant must belong to one of these merchant groups (SettlementService)."""
+
     def __init__(
         self,
         *,
@@ -656,10 +689,11 @@ class OfferConditions(_message.Message):
         include_tags: _abc.Iterable[_builtins.str] | None = ...,
         exclude_tags: _abc.Iterable[_builtins.str] | None = ...,
         tiers: _abc.Iterable[_builtins.str] | None = ...,
+        merchant_group_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["hours", b"hours", "valid_from", b"valid_from", "valid_until", b"valid_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "currency", b"currency", "custom_event_name", b"custom_event_name", "days_of_week", b"days_of_week", "event_types", b"event_types", "exclude_tags", b"exclude_tags", "hours", b"hours", "include_tags", b"include_tags", "merchant_ids", b"merchant_ids", "min_amount", b"min_amount", "payment_methods", b"payment_methods", "seasons", b"seasons", "tiers", b"tiers", "valid_from", b"valid_from", "valid_until", b"valid_until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "currency", b"currency", "custom_event_name", b"custom_event_name", "days_of_week", b"days_of_week", "event_types", b"event_types", "exclude_tags", b"exclude_tags", "hours", b"hours", "include_tags", b"include_tags", "merchant_group_ids", b"merchant_group_ids", "merchant_ids", b"merchant_ids", "min_amount", b"min_amount", "payment_methods", b"payment_methods", "seasons", b"seasons", "tiers", b"tiers", "valid_from", b"valid_from", "valid_until", b"valid_until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -727,6 +761,7 @@ class Offer(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     COPIED_FROM_OFFER_ID_FIELD_NUMBER: _builtins.int
+    CONTRIBUTIONS_FIELD_NUMBER: _builtins.int
     offer_id: _builtins.str
     """Server-generated identifier ("off_..."). Output only."""
     scheme_id: _builtins.str
@@ -787,6 +822,12 @@ class Offer(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """Output only. When it was last changed."""
 
+    @_builtins.property
+    def contributions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Contribution]:
+        """Who funds the awards, as shares: unset, the scheme's contributions apply (and without
+        those, `sponsor_id` if set, else 100 % the event's merchant).
+        """
+
     def __init__(
         self,
         *,
@@ -809,10 +850,11 @@ class Offer(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         copied_from_offer_id: _builtins.str = ...,
+        contributions: _abc.Iterable[Global___Contribution] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_budget", b"_budget", "activation_delay", b"activation_delay", "budget", b"budget", "conditions", b"conditions", "create_time", b"create_time", "expiry_policy", b"expiry_policy", "rule", b"rule", "spend_conditions", b"spend_conditions", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_budget", b"_budget", "activation_delay", b"activation_delay", "asset", b"asset", "budget", b"budget", "budget_used", b"budget_used", "conditions", b"conditions", "copied_from_offer_id", b"copied_from_offer_id", "create_time", b"create_time", "exclusive", b"exclusive", "expiry_policy", b"expiry_policy", "name", b"name", "offer_id", b"offer_id", "rule", b"rule", "scheme_id", b"scheme_id", "spend_conditions", b"spend_conditions", "spend_method", b"spend_method", "sponsor_id", b"sponsor_id", "status", b"status", "update_time", b"update_time", "wallet_caps", b"wallet_caps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_budget", b"_budget", "activation_delay", b"activation_delay", "asset", b"asset", "budget", b"budget", "budget_used", b"budget_used", "conditions", b"conditions", "contributions", b"contributions", "copied_from_offer_id", b"copied_from_offer_id", "create_time", b"create_time", "exclusive", b"exclusive", "expiry_policy", b"expiry_policy", "name", b"name", "offer_id", b"offer_id", "rule", b"rule", "scheme_id", b"scheme_id", "spend_conditions", b"spend_conditions", "spend_method", b"spend_method", "sponsor_id", b"sponsor_id", "status", b"status", "update_time", b"update_time", "wallet_caps", b"wallet_caps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__budget: _TypeAlias = _typing.Literal["budget"]  # noqa: Y015
     _WhichOneofArgType__budget: _TypeAlias = _typing.Literal["_budget", b"_budget"]  # noqa: Y015
@@ -1037,3 +1079,37 @@ class OfferAward(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OfferAward: _TypeAlias = OfferAward  # noqa: Y015
+
+@_typing.final
+class Contribution(_message.Message):
+    """A share of an award and who funds it. An award funded by several parties is posted as one
+    AWARD entry per party (each with its own lot, same expiry and conditions, recording that
+    sponsor; or its own part of an INSTANT discount), and SubmitEvent lists each part. The parts
+    are the shares of the amount rounded down, the rest going to the first share.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    SPONSOR_ID_FIELD_NUMBER: _builtins.int
+    BASIS_POINTS_FIELD_NUMBER: _builtins.int
+    kind: Global___ContributorKind.ValueType
+    """Who."""
+    sponsor_id: _builtins.str
+    """The sponsor, for CONTRIBUTOR_KIND_SPONSOR (1-64 characters); empty otherwise."""
+    basis_points: _builtins.int
+    """The share in basis points, 1-10000; the shares of a list add up to 10000."""
+    def __init__(
+        self,
+        *,
+        kind: Global___ContributorKind.ValueType = ...,
+        sponsor_id: _builtins.str = ...,
+        basis_points: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["basis_points", b"basis_points", "kind", b"kind", "sponsor_id", b"sponsor_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Contribution: _TypeAlias = Contribution  # noqa: Y015

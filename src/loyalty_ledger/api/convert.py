@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from loyalty.v1 import common_pb2, expiry_pb2, offer_pb2, wallet_pb2
+from loyalty.v1 import common_pb2, expiry_pb2, offer_pb2, rewards_pb2, wallet_pb2
 
 from loyalty_ledger.api.validation import Checks
 from loyalty_ledger.domain import expiry
+from loyalty_ledger.domain.contributions import Contribution, ContributorKind
 from loyalty_ledger.domain.errors import InvalidArgument
 from loyalty_ledger.domain.spend_order import Funding
 from loyalty_ledger.domain.tiers import TierBasis
@@ -153,6 +155,7 @@ def scheme_to_proto(scheme: SchemeRecord) -> offer_pb2.Scheme:
         offer_pb2.RedemptionRate(asset=r.asset, points=r.points, currency=r.currency, value=r.value)
         for r in scheme.redemption_rates
     )
+    out.contributions.extend(contributions_to_proto(scheme.contributions))
     if scheme.tier_program is not None:
         program = scheme.tier_program
         out.tier_program.CopyFrom(
@@ -167,6 +170,25 @@ def scheme_to_proto(scheme: SchemeRecord) -> offer_pb2.Scheme:
             )
         )
     return out
+
+
+CONTRIBUTOR_KINDS = {
+    rewards_pb2.CONTRIBUTOR_KIND_EVENT_MERCHANT: ContributorKind.EVENT_MERCHANT,
+    rewards_pb2.CONTRIBUTOR_KIND_SPONSOR: ContributorKind.SPONSOR,
+    rewards_pb2.CONTRIBUTOR_KIND_OPERATOR: ContributorKind.OPERATOR,
+}
+_CONTRIBUTOR_KINDS_TO_PROTO = {v: k for k, v in CONTRIBUTOR_KINDS.items()}
+
+
+def contributions_to_proto(shares: Sequence[Contribution]) -> list[rewards_pb2.Contribution]:
+    return [
+        rewards_pb2.Contribution(
+            kind=_CONTRIBUTOR_KINDS_TO_PROTO[s.kind],
+            sponsor_id=s.sponsor_id,
+            basis_points=s.basis_points,
+        )
+        for s in shares
+    ]
 
 
 TIER_BASIS_TO_PROTO = {
@@ -320,6 +342,7 @@ RUN_KINDS = {
     expiry_pb2.RUN_KIND_INACTIVITY: RunKind.INACTIVITY,
     expiry_pb2.RUN_KIND_BIRTHDAY: RunKind.BIRTHDAY,
     expiry_pb2.RUN_KIND_TIER_REVIEW: RunKind.TIER_REVIEW,
+    expiry_pb2.RUN_KIND_SETTLEMENT: RunKind.SETTLEMENT,
 }
 
 

@@ -3,13 +3,15 @@ so every mistake comes back as a BadRequest violation naming the proto field."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC
 
 from loyalty.v1 import rewards_pb2
 
 from loyalty_ledger.api import convert, limits
 from loyalty_ledger.api.validation import Checks
-from loyalty_ledger.domain import rewards
+from loyalty_ledger.domain import contributions, rewards
+from loyalty_ledger.domain.contributions import Contribution, ContributorKind
 from loyalty_ledger.domain.timeutil import from_us
 from loyalty_ledger.ledger.records import SchemeRecord
 from loyalty_ledger.ledger.rewarding import AwardSettings
@@ -78,8 +80,37 @@ def validated(checks: Checks, offer: rewards_pb2.Offer, scheme: SchemeRecord, pa
         )
     if offer.sponsor_id:
         checks.resource_id(f"{path}.sponsor_id", offer.sponsor_id)
+    contributions_from_proto(checks, offer.contributions, f"{path}.contributions")
     checks.ids(f"{path}.spend_conditions.merchant_ids", offer.spend_conditions.merchant_ids)
     checks.ids(f"{path}.spend_conditions.product_ids", offer.spend_conditions.product_ids)
+
+
+CONTRIBUTIONS_MAX = 8
+
+
+def contributions_from_proto(
+    checks: Checks, items: Sequence[rewards_pb2.Contribution], path: str
+) -> tuple[Contribution, ...]:
+    """Validate contribution shares (none, or up to 8 adding up to 10,000 basis points)."""
+    if len(items) > CONTRIBUTIONS_MAX:
+        checks.fail(path, f"at most {CONTRIBUTIONS_MAX} shares")
+        return ()
+    shares = []
+    for i, item in enumerate(items):
+        kind = convert.CONTRIBUTOR_KINDS.get(item.kind)
+        if kind is None:
+            checks.fail(f"{path}[{i}].kind", "EVENT_MERCHANT, SPONSOR or OPERATOR is required")
+            continue
+        if kind is ContributorKind.SPONSOR:
+            checks.resource_id(f"{path}[{i}].sponsor_id", item.sponsor_id)
+        elif item.sponsor_id:
+            checks.fail(f"{path}[{i}].sponsor_id", "only a SPONSOR share names a sponsor")
+        if not 1 <= item.basis_points <= contributions.BASIS_POINTS_WHOLE:
+            checks.fail(f"{path}[{i}].basis_points", "must be 1 to 10000")
+        shares.append(Contribution(kind, item.sponsor_id, item.basis_points))
+    if items and sum(item.basis_points for item in items) != contributions.BASIS_POINTS_WHOLE:
+        checks.fail(path, "the shares must add up to 10000 basis points (100 %)")
+    return tuple(shares)
 
 
 def _rounding(checks: Checks, path: str, value: int) -> None:
@@ -167,6 +198,8 @@ def _conditions(checks: Checks, offer: rewards_pb2.Offer, scheme: SchemeRecord, 
     checks.ids(f"{path}.payment_methods", c.payment_methods)
     checks.tags(f"{path}.include_tags", c.include_tags)
     checks.tags(f"{path}.exclude_tags", c.exclude_tags)
+    for i, group_id in enumerate(c.merchant_group_ids):
+        checks.tag(f"{path}.merchant_group_ids[{i}]", group_id)
     known_tiers = scheme.tier_program.tier_ids() if scheme.tier_program else []
     for i, tier_id in enumerate(c.tiers):
         if tier_id not in known_tiers:
@@ -295,6 +328,7 @@ def _domain_conditions(c: rewards_pb2.OfferConditions) -> rewards.Conditions:
         include_tags=frozenset(c.include_tags),
         exclude_tags=frozenset(c.exclude_tags),
         tiers=frozenset(c.tiers),
+        merchant_group_ids=frozenset(c.merchant_group_ids),
     )
 
 
@@ -329,6 +363,7 @@ def domain_offer(offer_id: str, offer: rewards_pb2.Offer) -> tuple[rewards.Offer
         + offer.activation_delay.nanos // 1_000,
         merchant_ids=tuple(offer.spend_conditions.merchant_ids),
         product_ids=tuple(offer.spend_conditions.product_ids),
+        contributions=contributions_from_proto(Checks(), offer.contributions, "contributions"),
     )
     return evaluated, settings
 

@@ -25,8 +25,8 @@ from loyalty_ledger.domain.expiry import Never
 from loyalty_ledger.domain.redemption import RedemptionRate
 from loyalty_ledger.domain.tiers import Tier, TierProgram
 from loyalty_ledger.domain.timeutil import to_us
+from loyalty_ledger.ledger import merchants, promotions, rewarding
 from loyalty_ledger.ledger import offers as offer_store
-from loyalty_ledger.ledger import promotions, rewarding
 from loyalty_ledger.ledger.engine import SchemeSpec, Tx
 from loyalty_ledger.ledger.ids import new_id
 from loyalty_ledger.ledger.paging import page_size
@@ -64,6 +64,7 @@ UPDATABLE_PATHS = frozenset(
         "warning_lead_times",
         "redemption_rates",
         "tier_program",
+        "contributions",
     }
 )
 
@@ -141,6 +142,9 @@ def scheme_spec(checks: Checks, scheme: offer_pb2.Scheme, path: str = "scheme") 
     tier_program = None
     if scheme.HasField("tier_program"):
         tier_program = _tier_program(checks, scheme.tier_program, assets, f"{path}.tier_program")
+    shares = offer_rules.contributions_from_proto(
+        checks, scheme.contributions, f"{path}.contributions"
+    )
     return SchemeSpec(
         name=scheme.name,
         assets=assets,
@@ -152,6 +156,7 @@ def scheme_spec(checks: Checks, scheme: offer_pb2.Scheme, path: str = "scheme") 
         warning_lead_seconds=tuple(sorted(leads)),
         redemption_rates=tuple(rates),
         tier_program=tier_program,
+        contributions=shares,
     )
 
 
@@ -159,7 +164,7 @@ def _tier_program(
     checks: Checks, program: offer_pb2.TierProgram, assets: dict[str, int], path: str
 ) -> TierProgram | None:
     """Validate a tier programme; None when it has a violation (recorded in `checks`)."""
-    before = len(checks.violations)
+    outer, checks = checks, Checks()  # its own count: the outer one may be full already
     basis = convert.TIER_BASIS_FROM_PROTO.get(program.basis)
     if basis is None:
         checks.fail(f"{path}.basis", "POINTS or SPEND is required")
@@ -181,7 +186,9 @@ def _tier_program(
         checks.amount(f"{tier_path}.threshold", tier.threshold, allow_zero=True)
         if i and tier.threshold <= program.tiers[i - 1].threshold:
             checks.fail(f"{tier_path}.threshold", "thresholds must increase strictly, in order")
-    if len(checks.violations) > before or basis is None:
+    for violation in checks.violations:
+        outer.fail(violation.field, violation.description)
+    if checks.violations or basis is None:
         return None
     return TierProgram(
         basis=basis,
@@ -198,7 +205,7 @@ def merged_scheme(
     merged = convert.scheme_to_proto(current)
     for path in paths:
         merged.ClearField(path)  # type: ignore[arg-type]
-        if path in ("assets", "warning_lead_times", "redemption_rates"):
+        if path in ("assets", "warning_lead_times", "redemption_rates", "contributions"):
             getattr(merged, path).extend(getattr(update, path))
         elif path in ("default_expiry_policy", "refund_policy", "tier_program"):
             getattr(merged, path).CopyFrom(getattr(update, path))
@@ -291,6 +298,15 @@ class OfferServicer(offer_pb2_grpc.OfferServiceServicer):
         scheme = await tx.get_scheme(offer.scheme_id)
         checks = Checks()
         offer_rules.validated(checks, offer, scheme, "offer")
+        checks.done()  # the group ids are well-formed before they reach the database
+        wanted = offer.conditions.merchant_group_ids
+        known = await merchants.known_groups(tx.conn, scheme.id, wanted)
+        for i, group_id in enumerate(wanted):
+            if group_id not in known:
+                checks.fail(
+                    f"offer.conditions.merchant_group_ids[{i}]",
+                    f"no merchant group {group_id!r} in scheme {scheme.id}",
+                )
         checks.done()
         return definition_json(offer), offer.budget if offer.HasField("budget") else None
 

@@ -201,30 +201,35 @@ class Conditions:
     include_tags: frozenset[str] = frozenset()  # the wallet needs one of them
     exclude_tags: frozenset[str] = frozenset()  # the wallet may have none of them
     tiers: frozenset[str] = frozenset()  # the wallet's tier must be one of them
+    merchant_group_ids: frozenset[str] = frozenset()  # the event's merchant in one of them
 
 
 @dataclass(frozen=True)
-class WalletProfile:
-    """What offers may ask of the wallet itself."""
+class Context:
+    """What offers may ask beyond the event: the wallet's tags and tier, and the groups of the
+    merchant where the event happened."""
 
     tags: frozenset[str] = frozenset()
     tier: str | None = None
+    merchant_groups: frozenset[str] = frozenset()
 
 
 def rejection(
     event: CustomerEvent,
     conditions: Conditions,
     tz: ZoneInfo,
-    wallet: WalletProfile = WalletProfile(),
+    context: Context = Context(),
 ) -> str | None:
-    """Why the event (for `wallet`) does not qualify, or None when it does."""
+    """Why the event (in `context`) does not qualify, or None when it does."""
     c = conditions
-    if c.include_tags and not c.include_tags & wallet.tags:
+    if c.include_tags and not c.include_tags & context.tags:
         return "the wallet has none of the required tags"
-    if c.exclude_tags & wallet.tags:
+    if c.exclude_tags & context.tags:
         return "the wallet has an excluded tag"
-    if c.tiers and wallet.tier not in c.tiers:
+    if c.tiers and context.tier not in c.tiers:
         return f"for tiers {', '.join(sorted(c.tiers))} only"
+    if c.merchant_group_ids and not c.merchant_group_ids & context.merchant_groups:
+        return "not at a merchant of the offer's groups"
     local = event.occurred_at.astimezone(tz)
     if event.type not in c.event_types:
         return f"reacts to {', '.join(sorted(t.value for t in c.event_types))} events"
@@ -395,14 +400,14 @@ def evaluate(
     usage: Mapping[str, OfferUsage],
     tz: ZoneInfo,
     scale: int,
-    wallet: WalletProfile = WalletProfile(),
+    context: Context = Context(),
 ) -> Evaluation:
     """Every qualifying offer's award. Non-exclusive offers stack; of the exclusive ones only
     the highest award applies (ties go to the smallest offer_id). Ordered by offer_id."""
     awards: list[Award] = []
     qualified: set[str] = set()
     for offer in sorted(offers, key=lambda o: o.offer_id):
-        if rejection(event, offer.conditions, tz, wallet) is not None:
+        if rejection(event, offer.conditions, tz, context) is not None:
             continue
         qualified.add(offer.offer_id)
         used = usage.get(offer.offer_id, OfferUsage())

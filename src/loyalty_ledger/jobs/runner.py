@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from loyalty_ledger.ledger import tiers
+from loyalty_ledger.domain.settlement import Period
+from loyalty_ledger.ledger import settlement, tiers
 from loyalty_ledger.ledger.engine import Tx
 from loyalty_ledger.ledger.records import RunKind, RunRecord, RunStatus
 from loyalty_ledger.ledger.rewarding import Decoder, birthday_chunk
@@ -40,6 +41,7 @@ class Runner:
         *,
         chunk_max: int = RUN_CHUNK_MAX_DEFAULT,
         decode: Decoder | None = None,
+        settlement_period: Period = Period.DAY,
     ) -> None:
         """`decode` turns stored offers into domain offers (the API layer's); without it there
         is no BIRTHDAY run (it evaluates offers)."""
@@ -58,6 +60,10 @@ class Runner:
             ),
             RunKind.TIER_REVIEW: lambda tx, run: tiers.review_chunk(
                 tx, run.id, run.as_of_us, chunk_max
+            ),
+            # Not in RUN_ORDER: it runs on its own (cron) schedule, or when asked for.
+            RunKind.SETTLEMENT: lambda tx, run: settlement.due_chunk(
+                tx.conn, run.as_of_us, settlement_period, chunk_max, tx.now_us
             ),
         }
         if decode is not None:

@@ -1,4 +1,5 @@
-"""APScheduler 3.11 (AsyncIOScheduler) inside the server: interval triggers per run kind.
+"""APScheduler 3.11 (AsyncIOScheduler) inside the server: an interval or cron trigger per run
+kind.
 
 Each tick first takes a database lease for its job, so with several replicas on one database
 only the lease holder runs it; the lease outlives a dead holder by at most its TTL.
@@ -11,6 +12,8 @@ import os
 import socket
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from loyalty_ledger.clock import Clock
@@ -28,19 +31,28 @@ class Scheduler:
         *,
         intervals_s: dict[RunKind, float],
         lease_s: float,
+        crontabs: dict[RunKind, str] | None = None,
     ) -> None:
         self.runner = runner
         self.clock = clock
         self.intervals_s = intervals_s
+        self.crontabs = {kind: tab for kind, tab in (crontabs or {}).items() if tab}
         self.lease_us = int(lease_s * 1_000_000)
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._aps = AsyncIOScheduler(timezone="UTC")
 
     def start(self) -> None:
-        for kind, seconds in self.intervals_s.items():
+        triggers: list[tuple[RunKind, BaseTrigger]] = [
+            (kind, IntervalTrigger(seconds=seconds)) for kind, seconds in self.intervals_s.items()
+        ]
+        triggers += [
+            (kind, CronTrigger.from_crontab(tab, timezone="UTC"))
+            for kind, tab in self.crontabs.items()
+        ]
+        for kind, trigger in triggers:
             self._aps.add_job(
                 self.tick,
-                IntervalTrigger(seconds=seconds),
+                trigger,
                 args=[kind],
                 id=f"run-{kind.value.lower()}",
                 max_instances=1,  # a slow run is never overlapped by its own next tick

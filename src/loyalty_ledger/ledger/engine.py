@@ -26,6 +26,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.expression import Executable
 
+from loyalty_ledger.domain import contributions
+from loyalty_ledger.domain.contributions import Contribution
 from loyalty_ledger.domain.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -82,7 +84,7 @@ from loyalty_ledger.ledger.records import (
     WalletStatus,
 )
 
-OPERATOR_SPONSOR = "operator"
+OPERATOR_SPONSOR = contributions.OPERATOR
 DAY_US = 86_400_000_000
 
 
@@ -139,6 +141,7 @@ class SchemeSpec:
     warning_lead_seconds: tuple[int, ...] = ()
     redemption_rates: tuple[RedemptionRate, ...] = ()
     tier_program: TierProgram | None = None
+    contributions: tuple[Contribution, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -524,6 +527,7 @@ class PostingTx(Reader):
             "tier_program": (
                 json.dumps(spec.tier_program.to_dict()) if spec.tier_program is not None else None
             ),
+            "contributions": json.dumps(contributions.to_list(spec.contributions)),
             "updated_at_us": self.now_us,
         }
 

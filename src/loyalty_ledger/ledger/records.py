@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from loyalty_ledger.domain import contributions
+from loyalty_ledger.domain.contributions import Contribution
 from loyalty_ledger.domain.expiry import ExpiryPolicy, policy_from_dict
 from loyalty_ledger.domain.redemption import RedemptionRate
 from loyalty_ledger.domain.spend_order import Funding, LotView
@@ -70,6 +72,7 @@ class SchemeRecord:
     updated_at_us: int
     redemption_rates: list[RedemptionRate] = field(default_factory=list)
     tier_program: TierProgram | None = None
+    contributions: tuple[Contribution, ...] = ()
 
     @classmethod
     def from_row(cls, row: Any, assets: dict[str, int]) -> SchemeRecord:
@@ -89,6 +92,7 @@ class SchemeRecord:
             tier_program=(
                 TierProgram.from_dict(json.loads(row.tier_program)) if row.tier_program else None
             ),
+            contributions=contributions.from_list(json.loads(row.contributions)),
         )
 
 
@@ -304,6 +308,7 @@ class RunKind(enum.StrEnum):
     INACTIVITY = "INACTIVITY"
     BIRTHDAY = "BIRTHDAY"
     TIER_REVIEW = "TIER_REVIEW"
+    SETTLEMENT = "SETTLEMENT"
 
 
 class RunStatus(enum.StrEnum):

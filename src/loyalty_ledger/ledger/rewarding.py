@@ -10,7 +10,7 @@ numbers and writes nothing.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -18,15 +18,17 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from loyalty_ledger.domain import rewards
+from loyalty_ledger.domain import contributions, rewards
+from loyalty_ledger.domain.contributions import Contribution, ContributorKind
 from loyalty_ledger.domain.errors import FailedPrecondition, InvalidArgument, NotFound
 from loyalty_ledger.domain.expiry import ExpiryPolicy
 from loyalty_ledger.domain.offer_lifecycle import OfferStatus
 from loyalty_ledger.domain.spend_order import Funding
 from loyalty_ledger.domain.timeutil import from_us, to_us
+from loyalty_ledger.ledger import merchants
 from loyalty_ledger.ledger import offers as offer_store
 from loyalty_ledger.ledger import tables as t
-from loyalty_ledger.ledger.engine import OPERATOR_SPONSOR, CreditCommand, Tx
+from loyalty_ledger.ledger.engine import CreditCommand, Tx
 from loyalty_ledger.ledger.ids import new_id
 from loyalty_ledger.ledger.reads import Reader
 from loyalty_ledger.ledger.records import (
@@ -49,6 +51,17 @@ class AwardSettings:
     activation_delay_us: int
     merchant_ids: tuple[str, ...]
     product_ids: tuple[str, ...]
+    contributions: tuple[Contribution, ...] = ()  # the offer's own; () for the fallbacks
+
+    def shares(self, scheme: SchemeRecord) -> Sequence[Contribution]:
+        """Who funds the offer's awards: its own shares, else its sponsor, else the scheme's
+        shares, else the event's merchant."""
+        if self.contributions:
+            return self.contributions
+        if self.sponsor_id:
+            whole = contributions.BASIS_POINTS_WHOLE
+            return (Contribution(ContributorKind.SPONSOR, self.sponsor_id, whole),)
+        return scheme.contributions or contributions.EVENT_MERCHANT_PAYS
 
 
 Decoder = Callable[[offer_store.OfferRecord], tuple[rewards.Offer, AwardSettings]]
@@ -121,7 +134,11 @@ async def _evaluate(
         usage,
         tz,
         scheme.assets.get(event.currency, 0),
-        rewards.WalletProfile(frozenset(wallet.tags), wallet.tier_id),
+        rewards.Context(
+            frozenset(wallet.tags),
+            wallet.tier_id,
+            frozenset(await merchants.merchant_groups(reader.conn, scheme.id, event.merchant_id)),
+        ),
     )
     keys = {w.value: p for w, p in periods.items()}
     return scheme, {k: settings for k, (_, settings) in decoded.items()}, evaluation, keys
@@ -167,8 +184,9 @@ async def submit_event(
             created_at_us=tx.now_us,
         )
     )
-    posted = await _post(tx, wallet, event, evaluation, settings, periods, reference, event_id)
-    assert scheme.id == wallet.scheme_id
+    posted = await _post(
+        tx, scheme, wallet, event, evaluation, settings, periods, reference, event_id
+    )
     tx.tier_activity.add(wallet.id)  # a purchase counts towards a SPEND tier programme
     if referrer is not None:
         posted += await _reward_referrer(tx, wallet, referrer, event, reference, decode, event_id)
@@ -187,10 +205,12 @@ async def _reward_referrer(
     """The referee's purchase as a REFERRAL event of the referrer: REFERRAL offers judge it
     (their conditions apply to the purchase) and award the referrer, once per referee."""
     event = replace(purchase, type=rewards.EventType.REFERRAL)
-    _, settings, evaluation, periods = await _evaluate(tx, referrer, event, decode, lock=True)
+    scheme, settings, evaluation, periods = await _evaluate(tx, referrer, event, decode, lock=True)
     if not evaluation.awards:
         return []  # not qualified yet: a later purchase may be the first that qualifies
-    posted = await _post(tx, referrer, event, evaluation, settings, periods, reference, event_id)
+    posted = await _post(
+        tx, scheme, referrer, event, evaluation, settings, periods, reference, event_id
+    )
     await tx.conn.execute(
         update(t.wallets)
         .where(t.wallets.c.id == referee.id)
@@ -201,6 +221,7 @@ async def _reward_referrer(
 
 async def _post(
     tx: Tx,
+    scheme: SchemeRecord,
     wallet: WalletRecord,
     event: rewards.CustomerEvent,
     evaluation: rewards.Evaluation,
@@ -209,60 +230,77 @@ async def _post(
     reference: str,
     event_id: str,
 ) -> list[PostedAward]:
-    """Post each award to `wallet`, record it under the event, and count caps and budget."""
+    """Post each award to `wallet`, one entry per funding party, record each part under the
+    event, and count caps and budget once per award."""
     posted = []
     for award in evaluation.awards:
         how = settings[award.offer_id]
-        sponsor = how.sponsor_id or event.merchant_id or OPERATOR_SPONSOR
-        metadata = {"offer_id": award.offer_id}
-        if award.instant:
-            txn = await tx.instant_discount(
-                wallet,
-                award.asset,
-                award.amount,
-                sponsor_id=sponsor,
-                merchant_id=event.merchant_id,
-                reference=reference,
-                metadata=metadata | {"spend_method": "INSTANT"},
-            )
-            posted.append(PostedAward(award, wallet.id, txn.id))
-        else:
-            txn, lot = await tx.credit(
-                CreditCommand(
-                    wallet.id,
-                    TxType.AWARD,
-                    award.asset,
-                    award.amount,
-                    Funding.PROMOTIONAL,
-                    sponsor,
-                    expire_at_us=None,
-                    expiry_policy=how.expiry_policy,
-                    available_at_us=tx.now_us + how.activation_delay_us,
-                    merchant_ids=how.merchant_ids,
-                    product_ids=how.product_ids,
-                    reference=reference,
-                    metadata=metadata,
+        parts = contributions.split(award.amount, how.shares(scheme), event.merchant_id)
+        for sponsor, part in parts:
+            share = replace(award, amount=part)
+            if len(parts) > 1:
+                share = replace(share, explanation=f"{award.explanation}; part funded by {sponsor}")
+            posted.append(await _post_part(tx, wallet, event, share, how, sponsor, reference))
+            await tx.conn.execute(
+                t.event_awards.insert().values(
+                    transaction_id=posted[-1].transaction_id,
+                    event_id=event_id,
+                    offer_id=award.offer_id,
+                    lot_id=posted[-1].lot_id or None,
+                    asset=award.asset,
+                    amount=part,
+                    instant=award.instant,
+                    sponsor_id=sponsor,
+                    merchant_id=event.merchant_id,
                 )
             )
-            posted.append(PostedAward(award, wallet.id, txn.id, lot.id))
-        await tx.conn.execute(
-            t.event_awards.insert().values(
-                transaction_id=posted[-1].transaction_id,
-                event_id=event_id,
-                offer_id=award.offer_id,
-                lot_id=posted[-1].lot_id or None,
-                asset=award.asset,
-                amount=award.amount,
-                instant=award.instant,
-                sponsor_id=sponsor,
-                merchant_id=event.merchant_id,
-            )
-        )
         await _count(tx.conn, award.offer_id, wallet.id, periods, award.amount)
         await offer_store.spend_budget(tx.conn, award.offer_id, award.amount)
     for offer_id in evaluation.qualified:
         await _bump(tx.conn, offer_id, wallet.id, QUALIFYING, "", 1, 0)
     return posted
+
+
+async def _post_part(
+    tx: Tx,
+    wallet: WalletRecord,
+    event: rewards.CustomerEvent,
+    award: rewards.Award,
+    how: AwardSettings,
+    sponsor: str,
+    reference: str,
+) -> PostedAward:
+    """One party's part of an award: an INSTANT discount, or a lot it sponsors."""
+    metadata = {"offer_id": award.offer_id}
+    if award.instant:
+        txn = await tx.instant_discount(
+            wallet,
+            award.asset,
+            award.amount,
+            sponsor_id=sponsor,
+            merchant_id=event.merchant_id,
+            reference=reference,
+            metadata=metadata | {"spend_method": "INSTANT"},
+        )
+        return PostedAward(award, wallet.id, txn.id)
+    txn, lot = await tx.credit(
+        CreditCommand(
+            wallet.id,
+            TxType.AWARD,
+            award.asset,
+            award.amount,
+            Funding.PROMOTIONAL,
+            sponsor,
+            expire_at_us=None,
+            expiry_policy=how.expiry_policy,
+            available_at_us=tx.now_us + how.activation_delay_us,
+            merchant_ids=how.merchant_ids,
+            product_ids=how.product_ids,
+            reference=reference,
+            metadata=metadata,
+        )
+    )
+    return PostedAward(award, wallet.id, txn.id, lot.id)
 
 
 # -- birthdays --------------------------------------------------------------------------------

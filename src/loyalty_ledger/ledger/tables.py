@@ -54,6 +54,8 @@ schemes = Table(
     # JSON list of [asset, points, currency, value], see domain.redemption
     Column("redemption_rates", Text, nullable=False, server_default="[]"),
     Column("tier_program", Text, nullable=True),  # JSON, see domain.tiers; null: no tiers
+    # JSON list of [kind, sponsor_id, basis_points], see domain.contributions; []: default
+    Column("contributions", Text, nullable=False, server_default="[]"),
     Index(None, "created_at_us", "id"),
 )
 
@@ -141,6 +143,7 @@ transactions = Table(
     Column("metadata", Text, nullable=False, server_default="{}"),
     Column("created_at_us", Us, nullable=False),
     Index(None, "wallet_id", "created_at_us", "id"),
+    Index(None, "scheme_id", "created_at_us"),  # settlement and reports by period
     # Partial: most entries have neither, and every insert would otherwise index a NULL.
     Index(
         None,
@@ -450,4 +453,82 @@ tier_changes = Table(
     Column("run_id", Id, nullable=True),
     Column("created_at_us", Us, nullable=False),
     Index(None, "wallet_id", "created_at_us", "id"),
+)
+
+# Merchants and merchant groups of a scheme (SettlementService).
+merchants = Table(
+    "merchants",
+    metadata,
+    Column("scheme_id", Id, ForeignKey("schemes.id"), primary_key=True),
+    Column("id", Id, primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("created_at_us", Us, nullable=False),
+    Column("updated_at_us", Us, nullable=False),
+    Index(None, "scheme_id", "created_at_us", "id"),
+)
+
+merchant_groups = Table(
+    "merchant_groups",
+    metadata,
+    Column("scheme_id", Id, ForeignKey("schemes.id"), primary_key=True),
+    Column("id", Id, primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("created_at_us", Us, nullable=False),
+)
+
+merchant_group_members = Table(
+    "merchant_group_members",
+    metadata,
+    Column("scheme_id", Id, primary_key=True),
+    Column("group_id", Id, primary_key=True),
+    Column("merchant_id", Id, primary_key=True),
+    Index(None, "scheme_id", "merchant_id"),
+)
+
+# Settlement statements: immutable, one per (party, period); a party's statements are numbered
+# 1, 2, 3, ... so two concurrent runs cannot both add the next one (the unique keys decide).
+statements = Table(
+    "statements",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("scheme_id", Id, ForeignKey("schemes.id"), nullable=False),
+    Column("party_id", Id, nullable=False),
+    Column("sequence", BigInteger, nullable=False),
+    Column("period_start_us", Us, nullable=False),
+    Column("period_end_us", Us, nullable=False),
+    Column("created_at_us", Us, nullable=False),
+    CheckConstraint("sequence >= 1 AND period_start_us < period_end_us", name="valid"),
+    UniqueConstraint("scheme_id", "party_id", "sequence"),
+    UniqueConstraint("scheme_id", "party_id", "period_start_us"),
+    Index(None, "scheme_id", "period_start_us", "party_id"),
+)
+
+statement_lines = Table(
+    "statement_lines",
+    metadata,
+    Column("statement_id", Id, ForeignKey("statements.id"), primary_key=True),
+    Column("asset", String(12), primary_key=True),
+    Column("issued", Amount, nullable=False),
+    Column("reversed", Amount, nullable=False),
+    Column("expired", Amount, nullable=False),
+    Column("redeemed_elsewhere", Amount, nullable=False),
+    Column("accepted", Amount, nullable=False),
+    Column("refunded", Amount, nullable=False),
+    Column("net", Amount, nullable=False),
+    Column("net_value", Amount, nullable=False),
+    Column("value_currency", String(12), nullable=False),
+)
+
+# The ledger transactions behind each statement line.
+statement_entries = Table(
+    "statement_entries",
+    metadata,
+    Column("id", SeqId, primary_key=True, autoincrement=True),
+    Column("statement_id", Id, ForeignKey("statements.id"), nullable=False),
+    Column("kind", String(24), nullable=False),
+    Column("asset", String(12), nullable=False),
+    Column("amount", Amount, nullable=False),
+    Column("transaction_id", Id, nullable=False),
+    Column("counterparty_id", String(64), nullable=False),
+    Index(None, "statement_id", "id"),
 )
