@@ -17,6 +17,7 @@ import os
 from typing import Any
 
 import grpc
+import pytest
 from google.protobuf.duration_pb2 import Duration
 from hypothesis import HealthCheck, given, settings
 from loyalty.v1 import common_pb2, offer_pb2, offer_pb2_grpc, wallet_pb2, wallet_pb2_grpc
@@ -164,3 +165,24 @@ def test_the_fuzzer_reaches_every_service() -> None:
     names = {m.containing_service.name for m in METHODS}
     assert {"WalletService", "OfferService", "TestClockService"} <= names
     assert len(METHODS) >= 40
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="bug: CreateScheme answers INTERNAL when the request already has 20 field "
+    "violations (the BadRequest cap) and a tier_program with a basis: _tier_program sees no "
+    "new violation, builds TierProgram and its assertion fails",
+)
+async def test_create_scheme_with_many_violations_and_a_tier_program(offers) -> None:
+    """Found by the fuzzer (LOYALTY_FUZZ_MESSAGES=400): must be INVALID_ARGUMENT."""
+    scheme = offer_pb2.Scheme(
+        scheme_id="acme",
+        name="Acme",
+        timezone="UTC",
+        assets=[offer_pb2.AssetDefinition(code="bad", scale=99) for _ in range(11)],
+    )
+    scheme.tier_program.basis = offer_pb2.TIER_BASIS_POINTS
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await offers.CreateScheme(offer_pb2.CreateSchemeRequest(request_id="r", scheme=scheme))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
