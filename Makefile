@@ -13,7 +13,7 @@ export LOYALTY_HOST ?= 127.0.0.1
 export LOYALTY_PORT ?= 50051
 
 .PHONY: help venv run migrate test lint format generate check-generated pytest typecheck clean \
-	examples example-node example-python reference check-reference
+	examples example-node example-python reference check-reference soak
 
 help:
 	@echo "make run    - create .venv, install, migrate the SQLite database and serve on $(LOYALTY_HOST):$(LOYALTY_PORT)"
@@ -72,6 +72,10 @@ pytest: $(STAMP)
 	$(BIN)/pytest -q
 
 test: lint check-generated check-reference typecheck pytest
+
+# The reliability suite at the figures of issue 8 (hours, not minutes; see docs/reliability.md).
+soak: $(STAMP)
+	LOYALTY_SOAK=1 $(BIN)/pytest -q --timeout=0 tests/reliability
 
 # Each starts a server on a free port with a throwaway SQLite database and runs one client.
 examples: example-node example-python
