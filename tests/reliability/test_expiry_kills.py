@@ -33,7 +33,7 @@ from loyalty_ledger.ledger.service import Ledger
 from tests.ledger.conftest import SCHEME
 from tests.reliability.support import ServerProcess, invariants_hold, size
 
-LOTS = size(ci=400, soak=10_000)
+LOTS = size(ci=300, soak=10_000)
 KILLS = size(ci=2, soak=20)
 CHUNK = size(ci=2, soak=20)
 WALLETS = size(ci=40, soak=500)

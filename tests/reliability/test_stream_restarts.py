@@ -30,7 +30,7 @@ from loyalty_ledger.ledger.db import Database
 from tests.reliability.support import ServerProcess, invariants_hold, size
 from tests.reliability.test_expiry_kills import seed
 
-EVENTS = size(ci=200, soak=5_000)
+EVENTS = size(ci=150, soak=5_000)
 RESTARTS = size(ci=2, soak=5)
 SUBSCRIBERS = 3
 EXPIRED = expiry_pb2.EXPIRATION_EVENT_TYPE_EXPIRED
