@@ -1,7 +1,8 @@
 """Shared machinery of the reliability suite: sizes, server processes, a server on a thread.
 
 Sizes: every test reads its figures through `size(ci, soak)`. `LOYALTY_SOAK=1` (what
-`make soak` sets) picks the issue's figures; otherwise the bounded CI figures are used.
+`make soak` sets) picks the issue's figures; otherwise the bounded CI figures are used. A few
+figures can also be set one by one (LOYALTY_FUZZ_MESSAGES, LOYALTY_MODEL_EXAMPLES).
 """
 
 from __future__ import annotations
@@ -35,8 +36,10 @@ LOYALTY = str(Path(sys.executable).parent / "loyalty")
 REPO = Path(__file__).resolve().parents[2]
 
 
-def size(ci: int, soak: int) -> int:
-    """The CI figure, or the soak figure under LOYALTY_SOAK=1."""
+def size(ci: int, soak: int, env: str = "") -> int:
+    """The CI figure, the soak figure under LOYALTY_SOAK=1, or the variable `env` if set."""
+    if env and os.environ.get(env):
+        return int(os.environ[env])
     return soak if SOAK else ci
 
 

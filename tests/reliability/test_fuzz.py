@@ -13,7 +13,6 @@ never negative (tests/reliability/checks.py). The streaming WatchExpirations is 
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import grpc
@@ -28,7 +27,7 @@ from tests.reliability import checks
 from tests.reliability.proto_strategies import message_class, request_strategy, unary_methods
 from tests.reliability.support import size, threaded_server
 
-MESSAGES = int(os.environ.get("LOYALTY_FUZZ_MESSAGES", 0)) or size(ci=12, soak=10_000)
+MESSAGES = size(ci=12, soak=10_000, env="LOYALTY_FUZZ_MESSAGES")
 BAD = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED}
 METHODS = unary_methods()
 

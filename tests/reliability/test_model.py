@@ -64,7 +64,7 @@ from tests.conftest import BACKENDS, START_TIME, _pg_admin, _pg_url
 from tests.helpers import error_info
 from tests.reliability.support import ThreadedServer, size
 
-EXAMPLES = size(ci=5, soak=500)
+EXAMPLES = size(ci=5, soak=500, env="LOYALTY_MODEL_EXAMPLES")
 STEPS = size(ci=30, soak=50)
 HOUR_US = 3600 * 1_000_000
 HOLD_TTL_S = 7 * 24 * 3600
