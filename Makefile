@@ -13,7 +13,7 @@ export LOYALTY_HOST ?= 127.0.0.1
 export LOYALTY_PORT ?= 50051
 
 .PHONY: help venv run migrate test lint format generate check-generated pytest typecheck clean \
-	examples example-node example-python reference check-reference soak
+	examples example-node example-python reference check-reference soak bench bench-quick
 
 help:
 	@echo "make run    - create .venv, install, migrate the SQLite database and serve on $(LOYALTY_HOST):$(LOYALTY_PORT)"
@@ -85,6 +85,14 @@ example-node: $(STAMP)
 
 example-python: $(STAMP)
 	bash examples/run-example.sh python
+
+# Benchmarks, see docs/performance.md. bench-quick is the CI smoke test (under a minute);
+# bench runs everything at full size (long: (e) expires 5,000,000 lots on each backend).
+bench: $(STAMP)
+	$(PY) bench/harness.py $(BENCH_ARGS)
+
+bench-quick: $(STAMP)
+	$(PY) bench/harness.py --quick $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache .mypy_cache

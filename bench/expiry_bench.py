@@ -34,8 +34,13 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-async def seed(db: Database, lots: int, now_us: int) -> None:
+async def seed(db: Database, lots: int, now_us: int, *, with_scheme: bool = True) -> None:
+    """Scheme "bench" (unless it exists: `with_scheme=False`), 10,000 wallets, `lots` due lots."""
+
     async def scheme(conn) -> None:  # type: ignore[no-untyped-def]
+        if not with_scheme:
+            await wallets(conn)
+            return
         await conn.execute(
             t.schemes.insert().values(
                 id="bench",
@@ -52,13 +57,16 @@ async def seed(db: Database, lots: int, now_us: int) -> None:
         await conn.execute(
             t.scheme_assets.insert().values(scheme_id="bench", code="POINTS", scale=0)
         )
+        await wallets(conn)
+
+    async def wallets(conn) -> None:  # type: ignore[no-untyped-def]
         await conn.execute(
             t.wallets.insert(),
             [
                 {
                     "id": f"wal_{i:08d}",
                     "scheme_id": "bench",
-                    "customer_ref": f"c{i}",
+                    "customer_ref": f"expiry-bench-{i}",
                     "status": "ACTIVE",
                     "status_reason": "",
                     "metadata": "{}",
@@ -98,12 +106,29 @@ async def seed(db: Database, lots: int, now_us: int) -> None:
         await db.write(insert)
 
 
+async def seed_url(url: str, lots: int, *, with_scheme: bool = True) -> None:
+    """Seed `lots` due lots into the migrated database at `url` (see `seed`)."""
+    db = Database(url)
+    await db.start()
+    try:
+        await seed(db, lots, SystemClock().now_us(), with_scheme=with_scheme)
+    finally:
+        await db.close()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lots", type=int, default=1_000_000)
     parser.add_argument("--chunk", type=int, default=2_000)
     parser.add_argument("--url", default="", help="database URL (default: a fresh SQLite file)")
+    parser.add_argument(
+        "--seed-only", action="store_true", help="only seed the (migrated) database at --url"
+    )
+    parser.add_argument("--no-scheme", action="store_true", help="scheme 'bench' exists already")
     args = parser.parse_args()
+    if args.seed_only:
+        await seed_url(args.url, args.lots, with_scheme=not args.no_scheme)
+        return
     with tempfile.TemporaryDirectory() as folder:
         url = args.url or f"sqlite+aiosqlite:///{Path(folder) / 'bench.db'}"
         await migrate.upgrade_async(url)
