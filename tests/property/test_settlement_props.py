@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from fractions import Fraction
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -65,7 +66,7 @@ def test_parts_add_up_and_each_party_gets_at_least_its_share_rounded_down(
 def test_valuation_favours_the_operator(net, points, worth) -> None:
     rate = RedemptionRate("POINTS", points, "EUR", worth)
     valued = value(net, rate)
-    exact = net * worth / points
+    exact = Fraction(net * worth, points)
     assert abs(valued - exact) < 1
     assert valued <= exact  # receivers rounded down, payers rounded up (more negative)
 
