@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import itertools
-from fractions import Fraction
 from datetime import UTC, datetime, timedelta
+from fractions import Fraction
 from zoneinfo import ZoneInfo
 
 import pytest
