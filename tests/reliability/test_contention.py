@@ -32,7 +32,7 @@ from loyalty_ledger.settings import Settings
 from tests.conftest import BACKENDS, PG_ADMIN_DSN
 from tests.helpers import balance, credit, error_info, make_scheme, make_wallet, rid
 from tests.invariants import check_invariants
-from tests.reliability.support import size
+from tests.reliability.support import SOAK, size
 
 OPS = size(ci=150, soak=2_000)
 EXPECTED = {
@@ -109,6 +109,24 @@ async def _one(stub: Any, kind: str, wallets: list[str], rng: random.Random) -> 
     return "OK"
 
 
+POOL_BUG = pytest.mark.xfail(
+    condition=SOAK,
+    strict=True,
+    raises=AssertionError,
+    reason="bug: at the soak figure (1,000 concurrent calls per server on three wallets) "
+    "PostgreSQL callers queue for a pooled connection behind the wallet row locks; after "
+    "30 s the pool's TimeoutError reaches them as INTERNAL instead of a retryable status",
+)
+
+
+@pytest.mark.parametrize(
+    "database_url",
+    [
+        BACKENDS[0],
+        pytest.param("postgres", id="postgres", marks=[pytest.mark.postgres, POOL_BUG]),
+    ],
+    indirect=True,
+)
 async def test_contention_never_reaches_a_client(app, offers, wallets) -> None:
     await make_scheme(offers)
     ids = [(await make_wallet(wallets)).wallet_id for _ in range(3)]
