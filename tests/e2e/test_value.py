@@ -871,6 +871,33 @@ async def test_merge_moves_open_lots_and_active_holds(offers, wallets, clock) ->
     assert (points.available, points.held) == (75, 0)
 
 
+async def test_merge_moves_reversed_value_still_held_and_a_void_returns_it_to_the_sponsor(
+    offers, wallets
+) -> None:
+    """A reversed lot whose value a hold still reserves moves with the hold: the duplicate is
+    left empty, and voiding the hold sends the value to the lot's sponsor, not back into the
+    closed duplicate."""
+    survivor = await fresh_wallet(offers, wallets)
+    duplicate = (await make_wallet(wallets)).wallet_id
+    award = await credit(wallets, duplicate, 100, sponsor_id="m-9")
+    placed = (await hold(wallets, duplicate, 40, ttl=Duration(seconds=3600))).hold
+    reversal = await reverse(wallets, award.transaction.transaction_id)
+    assert (reversal.amount_reversed, reversal.amount_held) == (60, 40)
+
+    await merge(wallets, survivor, duplicate)
+    left = await lots_by_id(wallets, duplicate)
+    assert all(lot.remaining == 0 and lot.held == 0 for lot in left.values())
+    (copy,) = [lot for lot in (await lots_by_id(wallets, survivor)).values() if lot.origin_lot_id]
+    assert (copy.state, copy.held, copy.remaining) == (wallet_pb2.LOT_STATE_REVERSED, 40, 0)
+
+    await void(wallets, placed.hold_id)
+    points = await balance(wallets, survivor)
+    assert (points.available, points.held) == (0, 0)  # the released value went to the sponsor
+    again = (await lots_by_id(wallets, survivor))[copy.lot_id]
+    assert (again.held, again.reversed) == (0, 40)
+    assert (await balance(wallets, duplicate)).held == 0
+
+
 async def test_merge_of_an_empty_duplicate_records_a_merge_without_postings(
     offers, wallets
 ) -> None:

@@ -1410,10 +1410,22 @@ class PostingTx(Reader):
             TxType.MERGE, survivor.scheme_id, duplicate.id, counterpart_wallet_id=survivor.id
         )
         moved, new_lots, lot_map = [], [], {}
-        for lot in await self.open_lots(duplicate.id):
+        # Open lots, and reversed or expired ones still reserved by a hold: the hold moves, so
+        # its value must move too (and keep its state: a void then sends it where it belongs).
+        held_closed = await self.conn.execute(
+            select(t.lots).where(
+                t.lots.c.wallet_id == duplicate.id,
+                t.lots.c.state.in_([LotState.REVERSED.value, LotState.EXPIRED.value]),
+                t.lots.c.held > 0,
+            )
+        )
+        lots = await self.open_lots(duplicate.id)
+        lots += [LotRecord.from_row(row) for row in held_closed]
+        for lot in lots:
             copy = self._copy_lot(
                 lot, wallet_id=survivor.id, remaining=lot.remaining, held=lot.held
             )
+            copy.state = lot.state
             journal.allocate(lot, lot.remaining + lot.held)
             journal.move(
                 wallet_account(duplicate.id), wallet_account(survivor.id), lot.asset, lot.remaining
