@@ -411,14 +411,22 @@ def test_configure_writes_json_to_stderr(capsys: pytest.CaptureFixture[str]) -> 
 # -- tracing ----------------------------------------------------------------------------------
 
 
-async def test_otel_makes_a_server_span_per_call(
-    database_url: str, monkeypatch: pytest.MonkeyPatch
+async def test_otel_makes_a_server_span_per_call_and_logs_carry_its_trace_id(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, log_stream: io.StringIO
 ) -> None:
     pytest.importorskip("opentelemetry.instrumentation.grpc")
+    from grpc_health.v1.health import aio as health_aio
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
     from opentelemetry.trace import SpanKind
 
+    original = health_aio.HealthServicer.Check
+
+    async def logged_check(self, request, context):  # type: ignore[no-untyped-def]
+        logging.getLogger("loyalty_ledger.test").info("checking %r", request.service)
+        return await original(self, request, context)
+
+    monkeypatch.setattr(health_aio.HealthServicer, "Check", logged_check)
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")  # only the in-memory exporter below
     settings = Settings(
         host="127.0.0.1", port=0, database_url=database_url, metrics=False, otel=True
@@ -441,6 +449,10 @@ async def test_otel_makes_a_server_span_per_call(
     assert {span.kind for span in spans} == {SpanKind.SERVER}
     codes = sorted(span.attributes["rpc.grpc.status_code"] for span in spans)
     assert codes == [grpc.StatusCode.OK.value[0], grpc.StatusCode.NOT_FOUND.value[0]]
+    checking = [line for line in _parse(log_stream) if line["message"].startswith("checking")]
+    assert sorted(line["trace_id"] for line in checking) == sorted(
+        f"{span.context.trace_id:032x}" for span in spans
+    )
 
 
 def test_otel_is_off_by_default() -> None:
