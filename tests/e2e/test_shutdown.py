@@ -6,6 +6,7 @@ chunk under way and resume at the next start. (Streams ending with UNAVAILABLE: 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import grpc
@@ -17,6 +18,7 @@ from sqlalchemy import func, select
 from loyalty_ledger.clock import TestClock
 from loyalty_ledger.domain.errors import Unavailable
 from loyalty_ledger.jobs.runner import Runner
+from loyalty_ledger.jobs.scheduler import Scheduler
 from loyalty_ledger.ledger import tables as t
 from loyalty_ledger.ledger.db import Database
 from loyalty_ledger.ledger.engine import Tx
@@ -201,3 +203,14 @@ async def test_a_run_stops_after_its_current_chunk_and_resumes_at_the_next_start
     finally:
         await second.stop(0)
     assert state == (LOTS, [(RunStatus.SUCCEEDED.value, LOTS, 4)])
+
+
+async def test_a_scheduled_tick_during_shutdown_is_not_logged_as_a_failure(
+    app: App, clock: TestClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="loyalty_ledger")
+    scheduler = Scheduler(app.runner, clock, intervals_s={}, lease_s=30)
+    app.runner.stopping = True
+    await scheduler.tick(RunKind.EXPIRY)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("stopped by the shutdown" in r.getMessage() for r in caplog.records)
