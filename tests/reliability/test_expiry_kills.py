@@ -132,11 +132,15 @@ async def _start_run(stub: Any) -> None:
 
 
 async def reach(url: str, target: int) -> None:
-    """Poll (one connection, every 2 ms) until `target` lots have expired."""
+    """Poll (one connection, one cheap count, every 2 ms) until `target` lots have expired."""
     db = Database(url)
+
+    async def expirations(conn: Any) -> int:
+        return int(await conn.scalar(select(func.count()).select_from(t.lot_expirations)))
+
     try:
         for _ in range(30_000):
-            if (await _tally(db))["expirations"] >= target:
+            if await db.read(expirations) >= target:
                 return
             await asyncio.sleep(0.002)
     finally:
@@ -145,12 +149,12 @@ async def reach(url: str, target: int) -> None:
 
 
 async def _kill_repeatedly(url: str, server: ServerProcess, rng: random.Random) -> None:
-    """KILLS kills; kill k lands past a random point after k/(KILLS+1) of the lots, at least
+    """KILLS kills; kill k lands past a random point after k/(KILLS+2) of the lots, at least
     one chunk after the previous kill. The poller runs while the server restarts, so a fast
     resumed run cannot slip past the target."""
     expired = 0
     for k in range(KILLS):
-        target = max(expired + 1, int(LOTS * (k + rng.random()) / (KILLS + 1)))
+        target = max(expired + 1, int(LOTS * (k + rng.random()) / (KILLS + 2)))
         poller = asyncio.create_task(reach(url, target))
         if k > 0:
             await server.start()  # resumes the interrupted run once SERVING
