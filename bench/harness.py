@@ -219,7 +219,6 @@ def ledger_env(url: str, cfg: Config, **extra: str) -> dict[str, str]:
         LOYALTY_ADMIN_KEY=cfg.admin_key,
         LOYALTY_METRICS_PORT="0",  # several servers at once must not fight over one port
         LOYALTY_SHUTDOWN_GRACE_SECONDS="1",  # open streams must not hold the next scenario up
-        LOYALTY_LOG_LEVEL=os.environ.get("LOYALTY_LOG_LEVEL", "WARNING"),
     )
     if cfg.src:  # a snapshot of a commit comes before the editable install of the worktree
         env["PYTHONPATH"] = f"{cfg.src}/src:{cfg.src}/generated"
@@ -403,7 +402,7 @@ class Bench:
             return None
         out = Path(self.cfg.profile) / f"{label}.txt"
         out.parent.mkdir(parents=True, exist_ok=True)
-        argv = [str(BIN / "py-spy"), "record", "--pid", str(server.proc.pid), "--rate", "200"]
+        argv = [str(BIN / "py-spy"), "record", "--nonblocking", "--pid", str(server.proc.pid)]
         argv += ["--duration", str(max(1, int(duration))), "--format", "raw", "-o", str(out)]
         return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -443,6 +442,7 @@ class Bench:
         print(
             f"    echo baseline: {result['ops_per_s']:,.0f} calls/s, p50 "
             f"{fmt(result['p50_ms'])} ms, echo server CPU {result['server_cpu']:.2f}, "
+            f"({1000 * result['server_cpu'] / max(result['ops_per_s'], 1e-9):.3f} ms/call), "
             f"clients CPU {result['client_cpu']:.2f}",
             flush=True,
         )
@@ -747,13 +747,13 @@ class Bench:
                 with grpc.insecure_channel(server.address) as channel:
                     stub = wallet_pb2_grpc.WalletServiceStub(channel)
 
-                    def expire(lot_id: str) -> None:
-                        stub.ExpireLot(
+                    def expire(lot_id: str) -> Any:
+                        return stub.ExpireLot.future(
                             wallet_pb2.ExpireLotRequest(
                                 request_id=f"{self.run_id}-x-{lot_id}", lot_id=lot_id
                             ),
                             metadata=md,
-                            timeout=30,
+                            timeout=60,
                         )
 
                     # Probe until every stream delivered something: then all are subscribed.
@@ -765,23 +765,30 @@ class Bench:
                         for proc in procs:
                             if not proc.is_alive():
                                 raise HarnessError("a subscriber process died")
-                        if fanout or ready.value < n:
-                            expire(lots[next_lot])
-                            next_lot += 1
+                        expire(lots[next_lot]).result()
+                        next_lot += 1
                         time.sleep(0.1)
                     time.sleep(0.3 if cfg.quick else 1.0)  # let the probes drain
                     cpu0, t0 = server.cpu_s(), time.time()
                     interval = 1.0 / cfg.watch_rate
                     measured = lots[next_lot : next_lot + events]
+                    # Open loop: each ExpireLot is sent when due, whether or not the ones before
+                    # it have answered; delivery latency counts from the instant it was due.
+                    calls = []
                     for k, lot_id in enumerate(measured):
-                        delay = t0 + k * interval - time.time()
+                        due = t0 + k * interval
+                        delay = due - time.time()
                         if delay > 0:
                             time.sleep(delay)
-                        sent[lot_id] = time.time()
-                        expire(lot_id)
+                        sent[lot_id] = due
+                        calls.append(expire(lot_id))
+                    sent_s = time.time() - t0
+                    for call in calls:
+                        call.result()  # a failed ExpireLot fails the scenario
                     time.sleep(0.5 if cfg.quick else 2.0)  # stragglers
-                    cpu = (server.cpu_s() - cpu0) / (time.time() - t0)
-                    achieved = events / (sent[measured[-1]] - t0 + interval)
+                    t_end = time.time()
+                    cpu = (server.cpu_s() - cpu0) / (t_end - t0)
+                    achieved = events / max(sent_s, interval)
             finally:
                 stop.set()
                 outputs = [results.get(timeout=60) for _ in procs]
@@ -818,7 +825,11 @@ class Bench:
                 peak_mib=server.memory_mib(),
                 count=len(latencies),
                 errors={**stream_errors, **({"MISSING": missing} if missing else {})},
-                extra={"events": events, "achieved_event_rate": achieved},
+                extra={
+                    "events": events,
+                    "achieved_event_rate": achieved,
+                    "subscriber_processes_cpu": window_cpu(outputs, t0, t_end),
+                },
             )
             if missing or stream_errors or not latencies:
                 self.fail(f"(f) {backend}: {missing} deliveries missing, errors {stream_errors}")
@@ -832,12 +843,30 @@ def fmt(value: float | None, spec: str = ",.1f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def window_cpu(outputs: list[dict[str, Any]], t0: float, t1: float) -> float:
+    """CPU of the subscriber processes over [t0, t1], from their (wall, CPU) samples."""
+    total = 0.0
+    for out in outputs:
+        inside = [(w, c) for w, c in out["cpu_samples"] if t0 <= w <= t1]
+        if len(inside) >= 2:
+            total += (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
+    return total
+
+
+def cpu_ms_per_op(row: Row) -> float | None:
+    """Server CPU time per operation: less sensitive to a busy machine than rates are."""
+    if row.server_cpu is None or not row.ops_per_s:
+        return None
+    return 1000 * row.server_cpu / row.ops_per_s
+
+
 def print_row(row: Row) -> None:
     line = (
         f"  ({row.scenario}) {row.backend:<10} {row.what}\n"
         f"      rate {fmt(row.ops_per_s, ',.0f')}/s  p50 {fmt(row.p50_ms, '.2f')} ms  "
         f"p99 {fmt(row.p99_ms, '.2f')} ms  p999 {fmt(row.p999_ms, '.2f')} ms  "
-        f"x echo {fmt(row.ratio, '.3f')}  server CPU {fmt(row.server_cpu, '.2f')}  "
+        f"x echo {fmt(row.ratio, '.3f')}  server CPU {fmt(row.server_cpu, '.2f')} "
+        f"({fmt(cpu_ms_per_op(row), '.2f')} ms/op)  "
         f"peak mem {fmt(row.peak_mib, '.0f')} MiB  n={row.count:,}"
     )
     if row.errors:
@@ -855,14 +884,15 @@ def print_row(row: Row) -> None:
 def print_table(rows: list[Row]) -> None:
     print(
         "\n| scen. | backend | ops/s | p50 ms | p99 ms | p999 ms | x echo | server CPU "
-        "| peak MiB | target | result |"
+        "| CPU ms/op | peak MiB | target | result |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r.scenario} | {r.backend} | {fmt(r.ops_per_s, ',.0f')} | {fmt(r.p50_ms, '.2f')} "
             f"| {fmt(r.p99_ms, '.2f')} | {fmt(r.p999_ms, '.2f')} | {fmt(r.ratio, '.3f')} "
-            f"| {fmt(r.server_cpu, '.2f')} | {fmt(r.peak_mib, '.0f')} | {r.target} "
+            f"| {fmt(r.server_cpu, '.2f')} | {fmt(cpu_ms_per_op(r), '.2f')} "
+            f"| {fmt(r.peak_mib, '.0f')} | {r.target} "
             f"| {r.verdict or '-'} |"
         )
 
@@ -893,6 +923,9 @@ def code_under_test(cfg: Config, folder: Path) -> str:
         )
         changed = len(dirty.stdout.splitlines())
         return f"worktree at {head.stdout.decode().strip()}, {changed} changed files in src/"
+    if Path(cfg.src, "src", "loyalty_ledger").is_dir():  # a folder: e.g. a patched copy
+        cfg.src = str(Path(cfg.src).resolve())
+        return f"the code in {cfg.src}"
     commit = subprocess.run(
         [*git, "rev-parse", "--verify", f"{cfg.src}^{{commit}}"], capture_output=True, text=True
     )
@@ -941,12 +974,16 @@ def parse_args(argv: list[str] | None = None) -> Config:
         default=os.environ.get("CI") == "true",
         help="fail when PostgreSQL does not answer (default with CI=true)",
     )
+    parser.add_argument(
+        "--backends", default="sqlite,postgresql", help="which backends to run the scenarios on"
+    )
     parser.add_argument("--json", default="", help="also write the rows to this file")
     parser.add_argument(
         "--src",
         default="worktree",
-        help="code under test: 'worktree' (the checkout as it is), or a git revision whose "
-        "src/ and generated/ are exported to a temporary folder (pins the measured commit)",
+        help="code under test: 'worktree' (the checkout as it is), a git revision whose "
+        "src/ and generated/ are exported to a temporary folder (pins the measured commit), or "
+        "a folder holding src/ and generated/ (to measure a change without touching the tree)",
     )
     parser.add_argument(
         "--profile", default="", help="folder: py-spy profiles of the server, one per phase"
@@ -965,7 +1002,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         watch_rate=20.0,
         watch_s=1.0 if quick else 20.0,
         bulk_batch=10 if quick else 500,
-        bulk_concurrency=1 if quick else 2,
+        bulk_concurrency=1,
         admin_key=args.admin_key,
         pg_dsn=args.pg_dsn,
         require_pg=args.require_pg,
@@ -973,6 +1010,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
     )
     cfg.watch_kinds = ["fanout", "filtered"] if args.watch == "both" else [args.watch]  # type: ignore[attr-defined]
     cfg.json = args.json  # type: ignore[attr-defined]
+    cfg.backends = set(args.backends.split(","))  # type: ignore[attr-defined]
     cfg.src = args.src
     cfg.profile = str(Path(args.profile).resolve()) if args.profile else ""
     return cfg
@@ -1010,8 +1048,12 @@ def main(argv: list[str] | None = None) -> int:
             def pg_url(label: str) -> str:
                 return stack.enter_context(PgDatabase(cfg.pg_dsn, label))
 
-            backends: list[tuple[str, Any]] = [("sqlite", sqlite_url)]
-            if pg:
+            backends: list[tuple[str, Any]] = []
+            if "sqlite" in cfg.backends:  # type: ignore[attr-defined]
+                backends.append(("sqlite", sqlite_url))
+            if "postgresql" not in cfg.backends:  # type: ignore[attr-defined]
+                pass
+            elif pg:
                 backends.append(("postgresql", pg_url))
             elif cfg.require_pg:
                 bench.fail(f"PostgreSQL is required (CI=true) but does not answer at {cfg.pg_dsn}")

@@ -340,7 +340,9 @@ async def _subscribe(spec: dict[str, Any], ready: Any, stop: Any) -> dict[str, A
             call.cancel()
 
     tasks = [asyncio.create_task(stream(i)) for i in range(len(filters))]
-    while not stop.is_set():  # noqa: ASYNC110 (a multiprocessing Event)
+    cpu_samples: list[tuple[float, float]] = []  # (wall time, process CPU): CPU over a window
+    while not stop.is_set():
+        cpu_samples.append((time.time(), time.process_time()))
         await asyncio.sleep(0.05)
     cpu = time.process_time()
     for task in tasks:
@@ -348,7 +350,12 @@ async def _subscribe(spec: dict[str, Any], ready: Any, stop: Any) -> dict[str, A
     with contextlib.suppress(asyncio.CancelledError):
         await asyncio.gather(*tasks, return_exceptions=True)
     await client.close()
-    return {"arrivals": arrivals, "errors": dict(errors), "client_cpu_s": cpu}
+    return {
+        "arrivals": arrivals,
+        "errors": dict(errors),
+        "client_cpu_s": cpu,
+        "cpu_samples": cpu_samples,
+    }
 
 
 def subscribe_process(spec: dict[str, Any], ready: Any, stop: Any, results: Any) -> None:
