@@ -149,12 +149,13 @@ async def reach(url: str, target: int) -> None:
 
 
 async def _kill_repeatedly(url: str, server: ServerProcess, rng: random.Random) -> None:
-    """KILLS kills; kill k lands past a random point after k/(KILLS+2) of the lots, at least
+    """KILLS kills spread over the first 60% of the lots (kill k past a random point of its
+    share), at least
     one chunk after the previous kill. The poller runs while the server restarts, so a fast
     resumed run cannot slip past the target."""
     expired = 0
     for k in range(KILLS):
-        target = max(expired + 1, int(LOTS * (k + rng.random()) / (KILLS + 2)))
+        target = max(expired + 1, int(LOTS * 0.6 * (k + rng.random()) / KILLS))
         poller = asyncio.create_task(reach(url, target))
         if k > 0:
             await server.start()  # resumes the interrupted run once SERVING
