@@ -150,9 +150,8 @@ async def reach(url: str, target: int) -> None:
 
 async def _kill_repeatedly(url: str, server: ServerProcess, rng: random.Random) -> None:
     """KILLS kills spread over the first 60% of the lots (kill k past a random point of its
-    share), at least
-    one chunk after the previous kill. The poller runs while the server restarts, so a fast
-    resumed run cannot slip past the target."""
+    share, at least one chunk after the previous kill). The poller runs while the server
+    restarts, so a fast resumed run cannot slip past the target."""
     expired = 0
     for k in range(KILLS):
         target = max(expired + 1, int(LOTS * 0.6 * (k + rng.random()) / KILLS))
