@@ -35,7 +35,7 @@ from tests.reliability.support import ServerProcess, invariants_hold, size
 
 LOTS = size(ci=300, soak=10_000)
 KILLS = size(ci=2, soak=20)
-CHUNK = size(ci=2, soak=20)
+CHUNK = size(ci=2, soak=5)
 WALLETS = size(ci=40, soak=500)
 
 
