@@ -31,7 +31,10 @@ cleanup() {
 trap cleanup EXIT
 
 export LOYALTY_DATABASE_URL="sqlite+aiosqlite:///$tmp/ledger.db"
-export LOYALTY_HOST=127.0.0.1 LOYALTY_PORT=0
+export LOYALTY_HOST=127.0.0.1 LOYALTY_PORT=0 LOYALTY_METRICS_PORT=0
+# The throwaway server's admin key, and the key the example sends (every call needs one).
+export LOYALTY_ADMIN_KEY="example-$(date +%s)-$RANDOM$RANDOM"
+export LOYALTY_API_KEY="$LOYALTY_ADMIN_KEY"
 
 if [ "$which" = node ]; then
   # Install exactly what package-lock.json pins, unless that is what node_modules holds already.

@@ -23,9 +23,16 @@ from loyalty.v1 import offer_pb2_grpc, settlement_pb2_grpc, wallet_pb2_grpc
 from loyalty_ledger.clock import TestClock
 from loyalty_ledger.ledger import migrate
 from loyalty_ledger.settings import Settings
+from tests.helpers import TEST_ADMIN_KEY, open_channel
 
 if TYPE_CHECKING:
     from loyalty_ledger.server import App
+
+# Every server a test starts (in process, or `loyalty serve` children inheriting the
+# environment) accepts this ADMIN key; clients send it (tests.helpers.open_channel).
+os.environ["LOYALTY_ADMIN_KEY"] = TEST_ADMIN_KEY
+# Servers started side by side must not all claim the default metrics port.
+os.environ.setdefault("LOYALTY_METRICS_PORT", "0")
 
 PG_ADMIN_DSN = os.environ.get("LOYALTY_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -108,21 +115,23 @@ async def app(database_url: str, clock: TestClock) -> AsyncIterator[App]:
     from loyalty_ledger.server import App  # only the end-to-end tests need the server
 
     settings = Settings(
-        host="127.0.0.1", port=0, database_url=database_url, watch_heartbeat_seconds=1.0
+        host="127.0.0.1",
+        port=0,
+        database_url=database_url,
+        watch_heartbeat_seconds=1.0,
+        admin_key=TEST_ADMIN_KEY,
+        metrics=False,
     )
     server = App(settings, clock=clock)
     await server.start()
-    for _ in range(200):
-        if await server.is_ready():
-            break
-        await asyncio.sleep(0.05)
+    await asyncio.wait_for(server.serving.wait(), timeout=10)  # SERVING, admin key in place
     yield server
     await server.stop(0)
 
 
 @pytest.fixture
 async def channel(app: App) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
+    async with open_channel(f"127.0.0.1:{app.port}") as ch:
         yield ch
 
 

@@ -14,6 +14,40 @@ from loyalty.v1 import common_pb2, offer_pb2, wallet_pb2
 
 _ids = itertools.count(1)
 
+# The ADMIN key every test server accepts (LOYALTY_ADMIN_KEY); clients send it by default.
+TEST_ADMIN_KEY = "test-admin-key-for-the-suite"
+
+
+def _with_key(details: Any, key: str) -> Any:
+    metadata = grpc.aio.Metadata(*(details.metadata or ()))
+    metadata.add("authorization", f"Bearer {key}")
+    return grpc.aio.ClientCallDetails(
+        details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+    )
+
+
+# grpc.aio files an interceptor under its first matching kind only: one class per kind.
+class _BearerUnary(grpc.aio.UnaryUnaryClientInterceptor):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(_with_key(details, self.key), request)
+
+
+class _BearerStream(grpc.aio.UnaryStreamClientInterceptor):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(_with_key(details, self.key), request)
+
+
+def open_channel(target: str, key: str | None = TEST_ADMIN_KEY, **options: Any) -> grpc.aio.Channel:
+    """An insecure channel to `target` whose calls carry `key` (none when None)."""
+    interceptors: list[Any] = [] if key is None else [_BearerUnary(key), _BearerStream(key)]
+    return grpc.aio.insecure_channel(target, interceptors=interceptors or None, **options)
+
 
 def rid(prefix: str = "req") -> str:
     """A fresh request_id."""

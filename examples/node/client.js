@@ -28,6 +28,13 @@ const definition = protoLoader.loadSync(
 );
 const loyalty = grpc.loadPackageDefinition(definition).loyalty.v1;
 const credentials = grpc.credentials.createInsecure();
+// Every call carries the API key: `authorization: Bearer <key>` (env LOYALTY_API_KEY).
+const API_KEY = process.env.LOYALTY_API_KEY || "";
+function auth() {
+  const metadata = new grpc.Metadata();
+  metadata.add("authorization", `Bearer ${API_KEY}`);
+  return metadata;
+}
 const wallets = new loyalty.WalletService(ADDRESS, credentials);
 const offers = new loyalty.OfferService(ADDRESS, credentials);
 
@@ -39,7 +46,7 @@ const requestId = (step) => `node-${RUN}-${step}`;
 function call(client, method, request) {
   return new Promise((resolve, reject) => {
     const deadline = new Date(Date.now() + CALL_TIMEOUT_MS);
-    client[method](request, { deadline }, (error, response) => {
+    client[method](request, auth(), { deadline }, (error, response) => {
       if (error) {
         // error.code is the gRPC status code; the google.rpc.Status with ErrorInfo (reason)
         // travels in the grpc-status-details-bin trailer: error.metadata.get(...).
@@ -70,7 +77,7 @@ function watchForExpiry(walletId, lotId) {
     wallet_ids: [walletId],
     event_types: ["EXPIRATION_EVENT_TYPE_EXPIRED"],
     after_sequence: "0", // replay from the start: nothing is missed if it expired already
-  });
+  }, auth());
   const seen = new Set(); // delivery is at least once: deduplicate on event_id
   const promise = new Promise((resolve, reject) => {
     stream.on("data", (message) => {

@@ -13,6 +13,7 @@ Exit code 0 when every step checked out, 1 otherwise.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import os
 import queue
@@ -21,6 +22,7 @@ import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -43,6 +45,35 @@ RUN = f"{int(time.time()):x}-{uuid.uuid4().hex[:8]}"
 def request_id(step: str) -> str:
     """A request id new on every run: the server replays (or refuses) ids it has seen."""
     return f"py-{RUN}-{step}"
+
+
+class _Details(
+    collections.namedtuple(
+        "_Details", ("method", "timeout", "metadata", "credentials", "wait_for_ready")
+    ),
+    grpc.ClientCallDetails,
+):
+    pass
+
+
+def bearer(key: str) -> list[Any]:
+    """Client interceptors that add `authorization: Bearer <key>` to every call."""
+
+    def with_key(details: Any) -> _Details:
+        metadata = [*(details.metadata or ()), ("authorization", f"Bearer {key}")]
+        return _Details(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+        )
+
+    class Unary(grpc.UnaryUnaryClientInterceptor):
+        def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+            return continuation(with_key(details), request)
+
+    class Stream(grpc.UnaryStreamClientInterceptor):
+        def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+            return continuation(with_key(details), request)
+
+    return [Unary(), Stream()]
 
 
 def check(condition: bool, what: str) -> None:
@@ -100,8 +131,11 @@ def watch_for_expiry(
 
 def main(address: str) -> None:
     print(f"loyalty ledger at {address}, run {RUN}")
+    # Every call carries the API key: `authorization: Bearer <key>` (env LOYALTY_API_KEY).
+    key = os.environ.get("LOYALTY_API_KEY", "")
     channel = grpc.insecure_channel(address)
     grpc.channel_ready_future(channel).result(timeout=CALL_TIMEOUT_S)
+    channel = grpc.intercept_channel(channel, *bearer(key))
     offers = offer_pb2_grpc.OfferServiceStub(channel)
     wallets = wallet_pb2_grpc.WalletServiceStub(channel)
     t = CALL_TIMEOUT_S

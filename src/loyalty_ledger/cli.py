@@ -2,7 +2,8 @@
 server (wallet, balance, watch, run --address, export expirations).
 
 Client commands talk gRPC to `--address` (env LOYALTY_ADDRESS; default the LOYALTY_HOST and
-LOYALTY_PORT the server reads, 127.0.0.1:50051). A failed call prints one line,
+LOYALTY_PORT the server reads, 127.0.0.1:50051) with the API key in LOYALTY_API_KEY (or
+LOYALTY_ADMIN_KEY). A failed call prints one line,
 `error: <STATUS CODE> <REASON>: <message>`, and exits with code 1.
 """
 
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
+from loyalty_ledger import logs
 from loyalty_ledger.ledger import migrate as migrations
 from loyalty_ledger.settings import Settings
 
@@ -36,7 +38,12 @@ if TYPE_CHECKING:
 
 app = typer.Typer(no_args_is_help=True, help="Loyalty ledger with expiring balances.")
 export_app = typer.Typer(no_args_is_help=True, help="Export data from a running server.")
+keys_app = typer.Typer(
+    no_args_is_help=True,
+    help="API keys, straight on the database (also the way back in without an admin key).",
+)
 app.add_typer(export_app, name="export")
+app.add_typer(keys_app, name="keys")
 
 DEFAULT_TIMEOUT_S = 10.0
 EXIT_ERROR = 1
@@ -73,9 +80,7 @@ def serve(
     from loyalty_ledger.server import serve as run_server
 
     settings = _settings(host=host, port=port, database_url=database_url, clock=clock)
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    logs.configure(settings.log_level, settings.log_format)
     # APScheduler logs every job it adds and runs at INFO: our runs log their own summary.
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     asyncio.run(run_server(settings))
@@ -160,6 +165,41 @@ def _fail_rpc(error: grpc.RpcError) -> NoReturn:
     _fail(f"{code.name}{' ' + reason if reason else ''}: {details or 'no details'}")
 
 
+def _bearer(key: str) -> list[Any]:
+    """Client interceptors that send `authorization: Bearer <key>` with every call."""
+    import collections
+
+    import grpc
+
+    class Details(
+        collections.namedtuple(
+            "Details", ("method", "timeout", "metadata", "credentials", "wait_for_ready")
+        ),
+        grpc.ClientCallDetails,
+    ):
+        pass
+
+    def with_key(details: Any) -> Any:
+        metadata = [*(details.metadata or ()), ("authorization", f"Bearer {key}")]
+        return Details(
+            details.method,
+            details.timeout,
+            metadata,
+            details.credentials,
+            getattr(details, "wait_for_ready", None),
+        )
+
+    class Unary(grpc.UnaryUnaryClientInterceptor):
+        def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+            return continuation(with_key(details), request)
+
+    class Stream(grpc.UnaryStreamClientInterceptor):
+        def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+            return continuation(with_key(details), request)
+
+    return [Unary(), Stream()]
+
+
 @contextlib.contextmanager
 def _channel(address: str | None) -> Iterator[grpc.Channel]:
     """A channel to the server; gRPC errors inside the block end the command with one line."""
@@ -167,6 +207,9 @@ def _channel(address: str | None) -> Iterator[grpc.Channel]:
 
     target = _address(address)
     channel = grpc.insecure_channel(target)
+    key = os.environ.get("LOYALTY_API_KEY") or os.environ.get("LOYALTY_ADMIN_KEY", "")
+    if key:
+        channel = grpc.intercept_channel(channel, *_bearer(key))
     try:
         yield channel
     except grpc.RpcError as error:
@@ -493,6 +536,119 @@ def _run_in_process(kind_name: str, database_url: str | None) -> None:
             raise typer.Exit(EXIT_ERROR)
 
     asyncio.run(go())
+
+
+# -- keys -----------------------------------------------------------------------------------
+
+DatabaseOption = Annotated[
+    str | None, typer.Option(help="SQLAlchemy URL (env LOYALTY_DATABASE_URL).")
+]
+
+
+def _on_database(database_url: str | None, job: Callable[[Any], Any]) -> Any:
+    """Run `job(tx)` in one write transaction on the configured database."""
+    from loyalty_ledger.clock import SystemClock
+    from loyalty_ledger.ledger.db import Database
+    from loyalty_ledger.ledger.service import Ledger
+
+    settings = _settings(database_url=database_url)
+
+    async def go() -> Any:
+        db = Database(settings.database_url)
+        await db.start()
+        try:
+            return await Ledger(db, SystemClock(), idempotency_retention_us=0).write(job)
+        finally:
+            await db.close()
+
+    return asyncio.run(go())
+
+
+class RoleChoice(StrEnum):
+    admin = "admin"
+    merchant = "merchant"
+    subscriber = "subscriber"
+    reader = "reader"
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="What the key is for.")],
+    role: Annotated[RoleChoice, typer.Option(help="What it may do.", case_sensitive=False)],
+    scheme: Annotated[
+        list[str] | None, typer.Option(help="Scheme (merchant: exactly one; subscriber: any).")
+    ] = None,
+    merchant: Annotated[str, typer.Option(help="The merchant a merchant key acts as.")] = "",
+    database_url: DatabaseOption = None,
+) -> None:
+    """Create an API key and print its secret (shown this once)."""
+    from loyalty.v1 import admin_pb2
+
+    from loyalty_ledger.api.admin_servicer import key_spec
+    from loyalty_ledger.api.validation import Checks
+    from loyalty_ledger.domain.errors import LedgerError
+    from loyalty_ledger.ledger import api_keys
+
+    checks = Checks()
+    spec = admin_pb2.ApiKey(
+        name=name,
+        role=admin_pb2.ApiKeyRole.Value(f"API_KEY_ROLE_{role.value.upper()}"),
+        scheme_ids=scheme or [],
+        merchant_id=merchant,
+    )
+    chosen, schemes = key_spec(checks, spec)
+    try:
+        checks.done()
+        assert chosen is not None
+
+        async def create(tx: Any) -> tuple[Any, str]:
+            for scheme_id in schemes:
+                await tx.get_scheme(scheme_id)
+            return await api_keys.create_key(tx.conn, name, chosen, schemes, merchant, tx.now_us)
+
+        key, secret = _on_database(database_url, create)
+    except LedgerError as error:
+        typer.echo(f"error: {error.reason}: {error.message}", err=True)
+        raise typer.Exit(EXIT_ERROR) from None
+    typer.echo(f"key {key.id} ({key.role.value}) created; its secret, shown once:")
+    typer.echo(secret)
+
+
+@keys_app.command("list")
+def keys_list(database_url: DatabaseOption = None) -> None:
+    """List API keys (never their secrets)."""
+    from loyalty_ledger.ledger import api_keys
+
+    async def every(tx: Any) -> list[Any]:
+        found, token = [], ""
+        while True:
+            page = await api_keys.list_keys(tx.conn, 1000, token)
+            found += page.items
+            token = page.next_token
+            if not token:
+                return found
+
+    for key in _on_database(database_url, every):
+        state = "revoked" if key.revoked_at_us is not None else "valid"
+        scope = ",".join(key.scheme_ids) + (f"/{key.merchant_id}" if key.merchant_id else "")
+        typer.echo(f"{key.id}\t{key.role.value}\t{state}\t{scope or '-'}\t{key.name}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key id (key_...).")],
+    database_url: DatabaseOption = None,
+) -> None:
+    """Revoke an API key for good."""
+    from loyalty_ledger.domain.errors import LedgerError
+    from loyalty_ledger.ledger import api_keys
+
+    try:
+        key = _on_database(database_url, lambda tx: api_keys.revoke(tx.conn, key_id, tx.now_us))
+    except LedgerError as error:
+        typer.echo(f"error: {error.reason}: {error.message}", err=True)
+        raise typer.Exit(EXIT_ERROR) from None
+    typer.echo(f"key {key.id} revoked")
 
 
 # -- watch ----------------------------------------------------------------------------------

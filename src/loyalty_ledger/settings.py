@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from apscheduler.triggers.cron import CronTrigger
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///data/loyalty.db"
@@ -29,6 +30,19 @@ class Settings(BaseSettings):
         24, ge=24, le=24 * 365, description="How long request_id records are kept."
     )
     shutdown_grace_seconds: float = Field(10.0, ge=0, le=300)
+    admin_key: SecretStr = Field(
+        SecretStr(""),
+        description="An ADMIN API key (16+ characters) made valid at start-up; empty: the first "
+        "start of an empty database creates one and prints it once.",
+    )
+    tls_cert_file: str = Field("", description="PEM certificate chain: serve TLS (empty: plain).")
+    tls_key_file: str = Field("", description="PEM private key of tls_cert_file.")
+    tls_client_ca_file: str = Field(
+        "", description="PEM CA bundle: require client certificates it signed (mutual TLS)."
+    )
+    auth_cache_seconds: float = Field(
+        5.0, ge=0, le=300, description="How long a replica trusts a looked-up API key."
+    )
     writer_queue_max: int = Field(
         10_000,
         ge=1,
@@ -83,6 +97,41 @@ class Settings(BaseSettings):
         720, ge=1, le=8784, description="SubmitEvent refuses events older than this (30 days)."
     )
     log_level: str = Field("INFO")
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="'text' for people at a terminal; 'json' (one object a line) in production.",
+    )
+    metrics: bool = Field(
+        True, description="Serve Prometheus metrics on metrics_host:metrics_port."
+    )
+    metrics_host: str = Field("127.0.0.1", description="Address of the /metrics endpoint.")
+    metrics_port: int = Field(9464, ge=0, le=65535, description="Metrics port; 0 picks a free one.")
+    metrics_refresh_seconds: float = Field(
+        30.0, gt=0, le=3600, description="How often liability and open-lot gauges are re-read."
+    )
+    otel: bool = Field(
+        False, description="OpenTelemetry tracing of calls (needs the 'otel' extra; OTEL_* apply)."
+    )
+
+    @field_validator("admin_key")
+    @classmethod
+    def _admin_key(cls, value: SecretStr) -> SecretStr:
+        secret = value.get_secret_value()
+        if secret and (len(secret) < 16 or secret.strip() != secret or " " in secret):
+            raise ValueError("an admin key has 16 or more characters and no spaces")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> Settings:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ValueError("mutual TLS (tls_client_ca_file) needs tls_cert_file and tls_key_file")
+        for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file"):
+            path = getattr(self, name)
+            if path and not Path(path).is_file():
+                raise ValueError(f"{name}: no file at {path}")
+        return self
 
     @field_validator("settlement_cron")
     @classmethod

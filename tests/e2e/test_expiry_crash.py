@@ -12,7 +12,6 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-import grpc
 from loyalty.v1 import expiry_pb2, wallet_pb2_grpc
 from sqlalchemy import func, select
 
@@ -24,6 +23,7 @@ from loyalty_ledger.ledger.db import Database
 from loyalty_ledger.ledger.engine import CreditCommand, Tx
 from loyalty_ledger.ledger.records import TxType
 from loyalty_ledger.ledger.service import Ledger
+from tests.helpers import open_channel
 from tests.invariants import check_invariants
 from tests.ledger.conftest import SCHEME
 
@@ -120,7 +120,7 @@ async def test_sigkill_during_an_expiry_run_then_restart_expires_each_lot_once(
     }
     server = await _start(env)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        async with open_channel(f"127.0.0.1:{port}") as channel:
             stub = wallet_pb2_grpc.WalletServiceStub(channel)
             await asyncio.wait_for(channel.channel_ready(), 30)
             call = stub.RunExpiry(

@@ -21,6 +21,7 @@ from loyalty_ledger.ledger import migrate
 from loyalty_ledger.ledger.reads import Reader
 from loyalty_ledger.server import App
 from loyalty_ledger.settings import Settings
+from tests.helpers import open_channel
 
 LOYALTY = str(Path(sys.executable).parent / "loyalty")
 
@@ -62,7 +63,7 @@ async def test_loyalty_serve_process_reports_serving_lists_services_and_stops_on
         LOYALTY, "serve", env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        async with open_channel(f"127.0.0.1:{port}") as channel:
             status = None
             for _ in range(100):
                 try:
@@ -92,7 +93,7 @@ async def test_not_serving_until_the_database_is_migrated(tmp_path: Path) -> Non
     app = App(Settings(host="127.0.0.1", port=0, database_url=url))
     await app.start()
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        async with open_channel(f"127.0.0.1:{app.port}") as channel:
             assert await _health(channel) == health_pb2.HealthCheckResponse.NOT_SERVING
             assert await _health(channel, "loyalty.v1.WalletService") == (
                 health_pb2.HealthCheckResponse.NOT_SERVING

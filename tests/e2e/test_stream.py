@@ -18,7 +18,7 @@ from loyalty_ledger.ledger.engine import Tx
 from loyalty_ledger.ledger.outbox import append_rows, expiration_row
 from loyalty_ledger.server import App
 from loyalty_ledger.settings import Settings
-from tests.helpers import credit, error_info, make_scheme, make_wallet, rid
+from tests.helpers import credit, error_info, make_scheme, make_wallet, open_channel, rid
 
 ET = expiry_pb2.ExpirationEventType
 
@@ -110,9 +110,10 @@ async def test_resume_across_a_server_restart_has_no_gaps(
         clock=clock,
     )
     await second.start()
+    await asyncio.wait_for(second.serving.wait(), timeout=10)
     try:
         await publish(second, rows(5, wallet="wal_c", now_us=clock.now_us()))
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{second.port}") as channel:
+        async with open_channel(f"127.0.0.1:{second.port}") as channel:
             stub = wallet_pb2_grpc.WalletServiceStub(channel)
             resumed = watch(stub, after_sequence=seen[-1].sequence)
             rest = await read_events(resumed, 11)
@@ -187,6 +188,7 @@ async def test_a_stalled_subscriber_is_cut_off_and_never_slows_writers(database_
         clock=clock,
     )
     await app.start()
+    await asyncio.wait_for(app.serving.wait(), timeout=10)
     try:
         stream = app.hub.subscribe(WatchFilter(), after_sequence=0, from_now=True)
         await publish(app, rows(1, now_us=clock.now_us()))
@@ -205,7 +207,7 @@ async def test_a_stalled_subscriber_is_cut_off_and_never_slows_writers(database_
         assert len(delivered) == 1 + 5
         last = delivered[-1].seq
         assert caught.value.metadata["last_sequence"] == str(last)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        async with open_channel(f"127.0.0.1:{app.port}") as channel:
             resumed = watch(wallet_pb2_grpc.WalletServiceStub(channel), after_sequence=last)
             assert len(await read_events(resumed, 45)) == 45
             resumed.cancel()
@@ -225,8 +227,9 @@ async def test_the_subscriber_cap(wallets, database_url, clock) -> None:
         clock=clock,
     )
     await app.start()
+    await asyncio.wait_for(app.serving.wait(), timeout=10)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        async with open_channel(f"127.0.0.1:{app.port}") as channel:
             stub = wallet_pb2_grpc.WalletServiceStub(channel)
             open_calls = [watch(stub, from_now=True) for _ in range(2)]
             for call in open_calls:

@@ -34,7 +34,15 @@ from loyalty_ledger.ledger.outbox import (
 )
 from loyalty_ledger.server import App
 from loyalty_ledger.settings import Settings
-from tests.helpers import credit, error_info, field_violations, make_scheme, make_wallet, rid
+from tests.helpers import (
+    credit,
+    error_info,
+    field_violations,
+    make_scheme,
+    make_wallet,
+    open_channel,
+    rid,
+)
 
 ET = expiry_pb2.ExpirationEventType
 Row = dict[str, Any]
@@ -179,8 +187,9 @@ async def serving(
         Settings(host="127.0.0.1", port=0, database_url=database_url, **settings), clock=clock
     )
     await app.start()
+    await asyncio.wait_for(app.serving.wait(), timeout=10)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        async with open_channel(f"127.0.0.1:{app.port}") as channel:
             yield app, Stub(channel)
     finally:
         await app.stop(0)
@@ -387,7 +396,7 @@ async def test_a_stalled_subscriber_is_cut_off_without_slowing_writers(
     # after a few messages, so the server cannot hand it more and its buffer (5) overflows.
     big = "x" * 16_000
     async with serving(database_url, clock, watch_buffer_max=5) as (app, stub):
-        async with grpc.aio.insecure_channel(
+        async with open_channel(
             f"127.0.0.1:{app.port}", options=[("grpc.http2.bdp_probe", 0)]
         ) as slow_channel:
             stalled = watch(Stub(slow_channel))

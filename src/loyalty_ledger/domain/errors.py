@@ -100,3 +100,15 @@ class Unavailable(LedgerError):
     """The service cannot do this right now (storage read-only, full, or overloaded)."""
 
     reason = "UNAVAILABLE"
+
+
+class Unauthenticated(LedgerError):
+    """No valid API key came with the call."""
+
+    reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(LedgerError):
+    """The caller's key may not do this."""
+
+    reason = "PERMISSION_DENIED"

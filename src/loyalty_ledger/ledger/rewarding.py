@@ -180,6 +180,7 @@ async def submit_event(
             currency=event.currency,
             items=json.dumps([[i.product_id, i.quantity, i.unit_price] for i in event.items]),
             reference=reference,
+            merchant_id=event.merchant_id,
             occurred_at_us=to_us(event.occurred_at),
             created_at_us=tx.now_us,
         )

@@ -361,6 +361,7 @@ customer_events = Table(
     Column("returned_items", Text, nullable=False, server_default="{}"),  # JSON: id -> quantity
     Column("returned_amount", Amount, nullable=False, server_default="0"),
     Column("reference", String(128), nullable=False, server_default=""),
+    Column("merchant_id", String(64), nullable=False, server_default=""),
     Column("occurred_at_us", Us, nullable=False),
     Column("created_at_us", Us, nullable=False),
     CheckConstraint("returned_amount >= 0 AND returned_amount <= amount", name="returned_range"),
@@ -531,4 +532,19 @@ statement_entries = Table(
     Column("transaction_id", Id, nullable=False),
     Column("counterparty_id", String(64), nullable=False),
     Index(None, "statement_id", "id"),
+)
+
+# API keys: only a SHA-256 of each secret is kept (the secrets are random, 256 bits).
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("scheme_ids", Text, nullable=False, server_default="[]"),  # JSON list
+    Column("merchant_id", String(64), nullable=False, server_default=""),
+    Column("secret_hash", String(64), nullable=False, unique=True),
+    Column("created_at_us", Us, nullable=False),
+    Column("revoked_at_us", Us, nullable=True),
+    Index(None, "created_at_us", "id"),
 )
