@@ -28,11 +28,10 @@ from google.protobuf.duration_pb2 import Duration
 from loyalty.v1 import expiry_pb2, wallet_pb2, wallet_pb2_grpc
 from sqlalchemy.engine import make_url
 
-from loyalty_ledger.settings import Settings
 from tests.conftest import BACKENDS, PG_ADMIN_DSN
 from tests.helpers import balance, credit, error_info, make_scheme, make_wallet, rid
 from tests.invariants import check_invariants
-from tests.reliability.support import SOAK, size
+from tests.reliability.support import SOAK, aio_channel, server_settings, size, wait_ready
 
 OPS = size(ci=150, soak=2_000)
 EXPECTED = {
@@ -46,14 +45,9 @@ WORDS = ("locked", "serializ", "deadlock", "could not", "busy")
 async def _second_server(app: Any) -> Any:
     from loyalty_ledger.server import App
 
-    other = App(
-        Settings(host="127.0.0.1", port=0, database_url=app.settings.database_url), app.clock
-    )
+    other = App(server_settings(app.settings.database_url), app.clock)
     await other.start()
-    for _ in range(200):
-        if await other.is_ready():
-            break
-        await asyncio.sleep(0.05)
+    await wait_ready(other)
     return other
 
 
@@ -134,7 +128,7 @@ async def test_contention_never_reaches_a_client(app, offers, wallets) -> None:
         await credit(wallets, wallet, 500)
     other = await _second_server(app)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{other.port}") as channel:
+        async with aio_channel(f"127.0.0.1:{other.port}") as channel:
             stubs = [wallets, wallet_pb2_grpc.WalletServiceStub(channel)]
             rng = random.Random(10)
             kinds = ["spend", "credit", "transfer", "transfer", "hold", "run", "read"]
@@ -163,13 +157,6 @@ async def _deadlocks(database: str) -> int:
         await conn.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: VoidHold and the hold-timeout run lock a hold and its wallet in opposite "
-    "orders on PostgreSQL; they deadlock, PostgreSQL breaks it after deadlock_timeout (1 s) "
-    "and the write is retried",
-)
 @pytest.mark.parametrize("database_url", [BACKENDS[1]], indirect=True)
 async def test_void_and_the_hold_timeout_run_do_not_deadlock(
     app, offers, wallets, database_url: str

@@ -181,20 +181,11 @@ async def test_sqlite_disk_full_refuses_writes_and_recovers(app, offers, wallets
     await _check(app, offers, wallets, "full")
 
 
-PG_READ_ONLY_BUG = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: on PostgreSQL a refused write (SQLSTATE 25006, read-only transaction) reaches "
-    "the client as INTERNAL, not UNAVAILABLE: ledger/db.py _storage_error only recognises "
-    "sqlalchemy OperationalError, and asyncpg's error arrives as a plain DBAPIError",
-)
-
-
 @pytest.mark.parametrize(
     "database_url",
     [
         BACKENDS[0],
-        pytest.param("postgres", id="postgres", marks=[pytest.mark.postgres, PG_READ_ONLY_BUG]),
+        pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
     ],
     indirect=True,
 )

@@ -137,8 +137,17 @@ class SingleWriter:
                     future.set_result(result)
 
 
+# PostgreSQL: read_only_sql_transaction, and class 53 (insufficient resources: disk full,
+# out of memory, too many connections).
+_STORAGE_SQLSTATES = ("25006", "53")
+
+
 def _storage_error(exc: Exception) -> Exception:
     """Turn storage trouble the caller cannot fix (read-only, disk full) into UNAVAILABLE."""
+    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    if isinstance(exc, DBAPIError) and str(sqlstate or "").startswith(_STORAGE_SQLSTATES):
+        log.error("storage refused a write (SQLSTATE %s): %s", sqlstate, exc.orig)
+        return Unavailable(f"storage is not accepting writes (SQLSTATE {sqlstate})")
     if isinstance(exc, OperationalError):
         text = str(exc.orig) if exc.orig is not None else str(exc)
         lowered = text.lower()

@@ -1788,12 +1788,12 @@ class Tx(PostingTx):
             .order_by(t.holds.c.expires_at_us, t.holds.c.id)
             .limit(chunk_max)
         )
-        if self.conn.dialect.name == "postgresql":
-            query = query.with_for_update(skip_locked=True)
         due = list(await self.conn.execute(query))
+        # Wallets first, in id order, as every other write locks them (the holds' rows are
+        # not locked before: VoidHold locks the wallet, then the hold).
+        await self._lock_wallets({row.wallet_id for row in due}, release_lapsed=False)
         for row in due:
-            await self._lock_wallet(row.wallet_id, release_lapsed=False)
-            hold = await self.get_hold(row.id)
+            hold = await self.get_hold(row.id)  # re-read under the lock: a void may have won
             if hold.status is HoldStatus.ACTIVE:
                 await self._release_hold(hold, HoldStatus.EXPIRED)
         return len(due)
