@@ -20,7 +20,7 @@ from datetime import timedelta
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from loyalty.v1 import expiry_pb2, wallet_pb2
+from loyalty.v1 import expiry_pb2, wallet_pb2, wallet_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from loyalty_ledger import logs
@@ -28,7 +28,7 @@ from loyalty_ledger.clock import TestClock
 from loyalty_ledger.ledger.reads import Reader
 from loyalty_ledger.server import App
 from loyalty_ledger.settings import Settings
-from tests.helpers import credit, make_scheme, make_wallet, rid, spend, ts
+from tests.helpers import credit, make_scheme, make_wallet, open_channel, rid, spend, ts
 
 WALLET = "loyalty.v1.WalletService"
 OFFER = "loyalty.v1.OfferService"
@@ -119,6 +119,23 @@ async def test_handled_total_and_latency_count_each_call_with_its_status_code(
     # go-grpc-prometheus buckets: a dashboard's le="0.005" ... le="10" series exist.
     assert value(samples, "grpc_server_handling_seconds_bucket", **labels, le="+Inf") == 3
     assert value(samples, "grpc_server_handling_seconds_bucket", **labels, le="0.005") is not None
+
+
+async def test_calls_refused_by_authentication_are_counted_and_logged(
+    app: App, metrics_port: int, log_stream: io.StringIO
+) -> None:
+    for key in (None, "forged-key-that-does-not-exist"):
+        async with open_channel(f"127.0.0.1:{app.port}", key=key) as channel:
+            stub = wallet_pb2_grpc.WalletServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.GetBalance(wallet_pb2.GetBalanceRequest(wallet_id="wal_x"))
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    samples = await scrape(metrics_port)
+    assert handled(samples, WALLET, "GetBalance", "UNAUTHENTICATED") == 2
+    ended = [line for line in _parse(log_stream) if line["message"] == "call ended"]
+    assert [(line["method"], line["grpc_code"]) for line in ended] == [
+        (f"/{WALLET}/GetBalance", "UNAUTHENTICATED")
+    ] * 2
 
 
 async def test_a_watch_stream_is_a_server_stream_and_counts_as_a_subscriber(
