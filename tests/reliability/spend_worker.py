@@ -8,6 +8,7 @@ seeded jitter of 0-3 ms) and prints one line: the outcomes, `OK`, a reason, or a
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import sys
 
@@ -29,6 +30,10 @@ def _reason(error: grpc.aio.AioRpcError) -> str:
     return f"{error.code().name}:{error.details()}".replace(" ", "_")
 
 
+KEY = os.environ.get("LOYALTY_ADMIN_KEY")  # set when the test servers take an admin key
+AUTH = (("authorization", f"Bearer {KEY}"),) if KEY else ()
+
+
 async def burst(stub: wallet_pb2_grpc.WalletServiceStub, line: str) -> str:
     wallet_id, amount, count, seed, tag = line.split()
     rng = random.Random(f"{seed}-{tag}")
@@ -45,6 +50,7 @@ async def burst(stub: wallet_pb2_grpc.WalletServiceStub, line: str) -> str:
                     merchant_id="m-1",
                 ),
                 timeout=60,
+                metadata=AUTH,
             )
         except grpc.aio.AioRpcError as error:
             return _reason(error)

@@ -43,6 +43,79 @@ def size(ci: int, soak: int, env: str = "") -> int:
     return soak if SOAK else ci
 
 
+def _auth() -> tuple[tuple[str, str], ...]:
+    """`authorization` metadata when the test servers take an admin key (LOYALTY_ADMIN_KEY)."""
+    key = os.environ.get("LOYALTY_ADMIN_KEY")
+    return (("authorization", f"Bearer {key}"),) if key else ()
+
+
+def _aio_details(details: Any) -> Any:
+    metadata = grpc.aio.Metadata(*(details.metadata or ()), *_auth())
+    return grpc.aio.ClientCallDetails(
+        details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+    )
+
+
+class _AioUnary(grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(_aio_details(details), request)
+
+
+class _AioStream(grpc.aio.UnaryStreamClientInterceptor):
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(_aio_details(details), request)
+
+
+def aio_channel(target: str) -> grpc.aio.Channel:
+    """An insecure grpc.aio channel whose calls carry the admin key, if there is one."""
+    interceptors = [_AioUnary(), _AioStream()] if _auth() else None
+    return grpc.aio.insecure_channel(target, interceptors=interceptors)
+
+
+class _SyncDetails(grpc.ClientCallDetails):
+    def __init__(self, details: Any) -> None:
+        self.method = details.method
+        self.timeout = details.timeout
+        self.metadata = [*(details.metadata or ()), *_auth()]
+        self.credentials = details.credentials
+        self.wait_for_ready = details.wait_for_ready
+        self.compression = getattr(details, "compression", None)
+
+
+class _SyncUnary(grpc.UnaryUnaryClientInterceptor):
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(_SyncDetails(details), request)
+
+
+def sync_channel(target: str) -> grpc.Channel:
+    """A blocking channel whose calls carry the admin key, if there is one."""
+    channel = grpc.insecure_channel(target)
+    return grpc.intercept_channel(channel, _SyncUnary()) if _auth() else channel
+
+
+def server_settings(database_url: str) -> Settings:
+    """Settings for an in-process server: the admin key and no metrics port, where they exist."""
+    extra: dict[str, Any] = {}
+    fields = Settings.model_fields
+    if _auth() and "admin_key" in fields:
+        extra["admin_key"] = os.environ["LOYALTY_ADMIN_KEY"]
+    if "metrics" in fields:
+        extra["metrics"] = False
+    return Settings(host="127.0.0.1", port=0, database_url=database_url, **extra)
+
+
+async def wait_ready(app: Any) -> None:
+    """Until the server answers: its `serving` event where it has one, else is_ready()."""
+    serving = getattr(app, "serving", None)
+    if serving is not None:
+        await asyncio.wait_for(serving.wait(), 20)
+        return
+    for _ in range(400):
+        if await app.is_ready():
+            return
+        await asyncio.sleep(0.025)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -110,7 +183,7 @@ class ServerProcess:
 
     async def wait_serving(self, wait_s: float = 60) -> None:
         deadline = time.monotonic() + wait_s
-        async with grpc.aio.insecure_channel(self.target) as channel:
+        async with aio_channel(self.target) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             while True:
                 assert self.proc is not None and self.proc.returncode is None, self.tail()
@@ -153,17 +226,14 @@ class ThreadedServer:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.app: Any = self.call(self._start())
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.app.port}")
+        self.channel = sync_channel(f"127.0.0.1:{self.app.port}")
 
     async def _start(self) -> Any:
         from loyalty_ledger.server import App
 
-        app = App(Settings(host="127.0.0.1", port=0, database_url=self.database_url), self.clock)
+        app = App(server_settings(self.database_url), self.clock)
         await app.start()
-        for _ in range(400):
-            if await app.is_ready():
-                break
-            await asyncio.sleep(0.025)
+        await wait_ready(app)
         return app
 
     def call(self, coro: Awaitable[T], timeout: float = 120) -> T:

@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 
 from loyalty_ledger.ledger import tables as t
 from loyalty_ledger.ledger.db import Database
-from tests.reliability.support import ServerProcess, invariants_hold, size
+from tests.reliability.support import ServerProcess, aio_channel, invariants_hold, size
 
 RUNS = size(ci=2, soak=100)
 POINTS = ("before_commit", "after_commit")
@@ -94,7 +94,7 @@ async def test_sigkill_before_and_after_commit_then_retry_has_one_effect(
     expected = Counter({"AWARD": 1})
     a_expected, b_expected, held_expected = START, 0, 0
     try:
-        async with grpc.aio.insecure_channel(server.target) as channel:
+        async with aio_channel(server.target) as channel:
             offers = offer_pb2_grpc.OfferServiceStub(channel)
             await offers.CreateScheme(
                 offer_pb2.CreateSchemeRequest(
@@ -107,7 +107,7 @@ async def test_sigkill_before_and_after_commit_then_retry_has_one_effect(
                     ),
                 )
             )
-        async with grpc.aio.insecure_channel(server.target) as channel:
+        async with aio_channel(server.target) as channel:
             stub = wallet_pb2_grpc.WalletServiceStub(channel)
             a, b = [
                 (
@@ -128,7 +128,7 @@ async def test_sigkill_before_and_after_commit_then_retry_has_one_effect(
             point = POINTS[i % 2]
             request_id, request = _request(kind, i, a, b)
             server.arm(point, request_id)
-            async with grpc.aio.insecure_channel(server.target) as channel:
+            async with aio_channel(server.target) as channel:
                 stub = wallet_pb2_grpc.WalletServiceStub(channel)
                 call = getattr(stub, METHOD[kind])
                 try:
@@ -139,7 +139,7 @@ async def test_sigkill_before_and_after_commit_then_retry_has_one_effect(
             assert await server.died() == -9, server.tail()
             assert not server.fault_file.exists()
             await server.start()
-            async with grpc.aio.insecure_channel(server.target) as channel:
+            async with aio_channel(server.target) as channel:
                 stub = wallet_pb2_grpc.WalletServiceStub(channel)
                 call = getattr(stub, METHOD[kind])
                 # Before the retry: a crash before commit left nothing, one after commit all.

@@ -31,7 +31,7 @@ from loyalty_ledger.ledger.engine import CreditCommand, Tx
 from loyalty_ledger.ledger.records import TxType
 from loyalty_ledger.ledger.service import Ledger
 from tests.ledger.conftest import SCHEME
-from tests.reliability.support import ServerProcess, invariants_hold, size
+from tests.reliability.support import ServerProcess, aio_channel, invariants_hold, size
 
 LOTS = size(ci=300, soak=10_000)
 KILLS = size(ci=2, soak=20)
@@ -181,7 +181,7 @@ async def test_expiry_run_killed_many_times_expires_each_lot_once(
     rng = random.Random(6)
     try:
         await server.start()
-        channel = grpc.aio.insecure_channel(server.target)
+        channel = aio_channel(server.target)
         stub = wallet_pb2_grpc.WalletServiceStub(channel)
         started = asyncio.create_task(_start_run(stub))
         try:
@@ -200,7 +200,7 @@ async def test_expiry_run_killed_many_times_expires_each_lot_once(
         assert done["running"] == 0
 
         # A second full run expires nothing and writes no transaction or event.
-        async with grpc.aio.insecure_channel(server.target) as again:
+        async with aio_channel(server.target) as again:
             run = (
                 await wallet_pb2_grpc.WalletServiceStub(again).RunExpiry(
                     expiry_pb2.RunExpiryRequest(request_id="second-run"), timeout=120

@@ -27,7 +27,7 @@ from sqlalchemy import select
 
 from loyalty_ledger.ledger import tables as t
 from loyalty_ledger.ledger.db import Database
-from tests.reliability.support import ServerProcess, invariants_hold, size
+from tests.reliability.support import ServerProcess, aio_channel, invariants_hold, size
 from tests.reliability.test_expiry_kills import seed
 
 EVENTS = size(ci=150, soak=5_000)
@@ -52,7 +52,7 @@ async def follow(sub: Subscriber, server: ServerProcess, stop: asyncio.Event) ->
         drop_after = sub.rng.randint(1, 40)
         got = 0
         try:
-            async with grpc.aio.insecure_channel(server.target) as channel:
+            async with aio_channel(server.target) as channel:
                 call = wallet_pb2_grpc.WalletServiceStub(channel).WatchExpirations(
                     expiry_pb2.WatchExpirationsRequest(
                         event_types=[EXPIRED], after_sequence=sub.last
@@ -102,7 +102,7 @@ async def committed_events(url: str) -> list[tuple[int, str, str]]:
 
 async def _start_run(server: ServerProcess, request_id: str) -> None:
     with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
-        async with grpc.aio.insecure_channel(server.target) as channel:
+        async with aio_channel(server.target) as channel:
             await wallet_pb2_grpc.WalletServiceStub(channel).RunExpiry(
                 expiry_pb2.RunExpiryRequest(request_id=request_id), timeout=300
             )
@@ -110,7 +110,7 @@ async def _start_run(server: ServerProcess, request_id: str) -> None:
 
 async def _rolled_back_expire_lot(server: ServerProcess) -> str:
     """Credit a lot that is not due, then crash inside ExpireLot before it commits."""
-    async with grpc.aio.insecure_channel(server.target) as channel:
+    async with aio_channel(server.target) as channel:
         stub = wallet_pb2_grpc.WalletServiceStub(channel)
         wallet = (
             await stub.CreateWallet(
