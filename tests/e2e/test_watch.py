@@ -534,3 +534,25 @@ async def test_a_later_sequence_committed_first_waits_for_the_earlier_one(
         call.cancel()
     assert [e.event_id for e in got] == [early["event_id"], late["event_id"]]
     assert first.sequence < got[0].sequence < got[1].sequence
+
+
+async def test_a_subscriber_of_one_replica_gets_events_committed_through_another_at_once(
+    database_url: str, clock: TestClock
+) -> None:
+    """Two replicas on one PostgreSQL database, polling only every 30 s: the NOTIFY that each
+    write commits wakes the other replica's stream well before its poll would."""
+    if database_url.startswith("sqlite"):
+        pytest.skip("one SQLite writer: replicas share a PostgreSQL database")
+    async with serving(
+        database_url, clock, watch_poll_seconds=30.0, watch_heartbeat_seconds=0.2
+    ) as (_, stub_a):
+        async with serving(database_url, clock, watch_poll_seconds=30.0) as (b, _):
+            call = watch(stub_a, from_now=True)
+            await next_message(call)  # the first heartbeat: subscribed
+            started = time.monotonic()
+            await b.ledger.write(lambda tx: append_rows(tx.conn, rows(1, now_us=clock.now_us())))
+            (event,) = await read_events(call, 1)
+            waited = time.monotonic() - started
+            call.cancel()
+    assert event.type == expiry_pb2.EXPIRATION_EVENT_TYPE_EXPIRED
+    assert waited < 5, waited

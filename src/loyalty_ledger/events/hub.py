@@ -40,6 +40,7 @@ from loyalty_ledger.domain.errors import ResourceExhausted, Unavailable
 from loyalty_ledger.ledger import tables as t
 from loyalty_ledger.ledger.db import Database
 from loyalty_ledger.ledger.outbox import EXPIRATION_EVENT_TYPES
+from loyalty_ledger.ledger.service import NOTIFY_CHANNEL
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,10 @@ GAP_RECHECK_S = 0.05
 START_LOOKBACK_SEQ = READ_PAGE_MAX
 # How long `stop` lets open streams end with UNAVAILABLE before the server cancels them.
 STOP_WAIT_S = 0.5
+# PostgreSQL: every write commits a NOTIFY on this channel (ledger/service.py), so a replica
+# learns of other replicas' events at once; the outbox stays the source of truth and the
+# poll the fallback.
+LISTEN_RETRY_S = 2.0
 SHUTTING_DOWN = "the server is shutting down; resume from your last sequence"
 
 
@@ -173,6 +178,7 @@ class ExpirationHub:
         self._last_seq = 0  # every sequence up to here was dispatched or is settled missing
         self._fence: _Fence | None = None
         self._task: asyncio.Task[None] | None = None
+        self._listen_task: asyncio.Task[None] | None = None
         self._stopped = False
 
     @property
@@ -187,10 +193,16 @@ class ExpirationHub:
         except Exception:  # not migrated yet: the reader catches up once it is
             log.warning("expiration hub starts before the database is ready")
         self._task = asyncio.create_task(self._read_forever(), name="expiration-hub")
+        if not self.db.is_sqlite:
+            self._listen_task = asyncio.create_task(self._listen_forever(), name="hub-listen")
 
     async def stop(self) -> None:
         """Stop reading and end every open subscription (they resume elsewhere)."""
         self._stopped = True
+        if self._listen_task is not None:
+            self._listen_task.cancel()
+            await asyncio.wait({self._listen_task}, timeout=STOP_WAIT_S)
+            self._listen_task = None
         if self._task is not None:
             self._task.cancel()
             # Bounded: shutdown must end even if the reader is stuck in the database.
@@ -211,6 +223,32 @@ class ExpirationHub:
     def notify(self) -> None:
         """A write committed: look for new events now."""
         self._wake.set()
+
+    async def _listen_forever(self) -> None:
+        """LISTEN on its own connection; each notification wakes the reader."""
+        import asyncpg  # PostgreSQL only
+        from sqlalchemy.engine import make_url
+
+        dsn = make_url(self.db.url).set(drivername="postgresql")
+        dsn_text = dsn.render_as_string(hide_password=False)
+        while not self._stopped:
+            conn = None
+            try:
+                conn = await asyncpg.connect(dsn_text, timeout=5)
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda *_, lost=lost: lost.set())
+                await conn.add_listener(NOTIFY_CHANNEL, lambda *_: self._wake.set())
+                self._wake.set()  # what committed while we were not listening
+                await lost.wait()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.warning("expiration hub cannot LISTEN (%s); polling meanwhile", error)
+            finally:
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.close(timeout=1)
+            await asyncio.sleep(LISTEN_RETRY_S)
 
     # -- the reader ------------------------------------------------------------------------
 

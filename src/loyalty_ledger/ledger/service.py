@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loyalty_ledger.clock import Clock
@@ -12,6 +13,8 @@ from loyalty_ledger.ledger import idempotency, tiers
 from loyalty_ledger.ledger.db import Database
 from loyalty_ledger.ledger.engine import Tx
 from loyalty_ledger.ledger.reads import Reader
+
+NOTIFY_CHANNEL = "loyalty_outbox"  # events/hub.py listens on it
 
 T = TypeVar("T")
 
@@ -41,6 +44,9 @@ class Ledger:
             tx = Tx(conn, self.clock.now_us())
             result = await fn(tx)
             await tiers.refresh_activity(tx)
+            if not self.db.is_sqlite:
+                # Delivered at commit (never for a rollback): other replicas' streams wake.
+                await conn.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
             return result
 
         result = await self.db.write(job)
