@@ -13,7 +13,7 @@ export LOYALTY_HOST ?= 127.0.0.1
 export LOYALTY_PORT ?= 50051
 
 .PHONY: help venv run migrate test lint format generate check-generated pytest typecheck clean \
-	examples example-node example-python reference check-reference soak bench bench-quick
+	examples example-node example-python reference check-reference soak bench bench-quick demo
 
 help:
 	@echo "make run    - create .venv, install, migrate the SQLite database and serve on $(LOYALTY_HOST):$(LOYALTY_PORT)"
@@ -37,6 +37,10 @@ migrate: $(STAMP)
 run: $(STAMP)
 	$(BIN)/loyalty migrate
 	$(BIN)/loyalty serve
+
+# A narrated tour against its own throwaway server (test clock, temporary database).
+demo: $(STAMP)
+	$(BIN)/loyalty demo
 
 generate: $(STAMP)
 	$(PY) scripts/generate.py generated

@@ -1,5 +1,5 @@
 """The `loyalty` command: serve, migrate and run, plus client commands against a running
-server (wallet, balance, watch, run --address, export expirations).
+server (wallet, balance, watch, run --address, export expirations, report, demo).
 
 Client commands talk gRPC to `--address` (env LOYALTY_ADDRESS; default the LOYALTY_HOST and
 LOYALTY_PORT the server reads, 127.0.0.1:50051) with the API key in LOYALTY_API_KEY (or
@@ -44,6 +44,8 @@ keys_app = typer.Typer(
 )
 app.add_typer(export_app, name="export")
 app.add_typer(keys_app, name="keys")
+report_app = typer.Typer(no_args_is_help=True, help="Reports from a running server.")
+app.add_typer(report_app, name="report")
 
 DEFAULT_TIMEOUT_S = 10.0
 EXIT_ERROR = 1
@@ -829,6 +831,169 @@ def watch(
         except KeyboardInterrupt:
             notes.print(f"[dim]stopped after sequence {cursor}[/]")
             raise typer.Exit(130) from None
+
+
+# -- report ---------------------------------------------------------------------------------
+
+SchemeOption = Annotated[str, typer.Option(help="The scheme (required).", show_default=False)]
+FromOption = Annotated[
+    str, typer.Option("--from", help="Window start, ISO 8601 (inclusive).", show_default=False)
+]
+ToOption = Annotated[
+    str, typer.Option("--to", help="Window end, ISO 8601 (exclusive).", show_default=False)
+]
+
+
+def _stamp(value: str, option: str) -> Timestamp:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    stamp = Timestamp()
+    stamp.FromDatetime(_parse_time(value, option))
+    return stamp
+
+
+@report_app.command("liability")
+def report_liability(
+    scheme: SchemeOption,
+    as_of: Annotated[
+        str | None, typer.Option(help="Outstanding value at this ISO 8601 time; default now.")
+    ] = None,
+    address: AddressOption = None,
+    timeout: TimeoutOption = DEFAULT_TIMEOUT_S,
+    as_json: JsonOption = False,
+) -> None:
+    """Outstanding value per asset, funding and sponsor (GetLiabilityReport)."""
+    from loyalty.v1 import settlement_pb2, settlement_pb2_grpc
+    from rich.table import Table
+
+    request = settlement_pb2.GetLiabilityReportRequest(scheme_id=scheme)
+    if as_of:
+        request.as_of_time.CopyFrom(_stamp(as_of, "--as-of"))
+    with _channel(address) as channel:
+        response = settlement_pb2_grpc.SettlementServiceStub(channel).GetLiabilityReport(
+            request, timeout=timeout
+        )
+        if as_json:
+            _print_json(response)
+            return
+        scales = _scales(channel, scheme, timeout)
+    table = Table(
+        title=f"liability of {scheme} as of {_ts(response.as_of_time)}", title_justify="left"
+    )
+    for column in ("asset", "funding", "sponsor"):
+        table.add_column(column)
+    table.add_column("amount", justify="right")
+    for row in response.rows:
+        amount = _amount(row.amount, scales.get(row.asset))
+        table.add_row(row.asset, row.funding, row.sponsor_id or "-", amount)
+    _console().print(table)
+
+
+@report_app.command("breakage")
+def report_breakage(
+    scheme: SchemeOption,
+    start: FromOption,
+    end: ToOption,
+    address: AddressOption = None,
+    timeout: TimeoutOption = DEFAULT_TIMEOUT_S,
+    as_json: JsonOption = False,
+) -> None:
+    """Expired value per month, asset, funding and sponsor (GetBreakageReport)."""
+    from loyalty.v1 import settlement_pb2, settlement_pb2_grpc
+    from rich.table import Table
+
+    request = settlement_pb2.GetBreakageReportRequest(
+        scheme_id=scheme, start_time=_stamp(start, "--from"), end_time=_stamp(end, "--to")
+    )
+    with _channel(address) as channel:
+        response = settlement_pb2_grpc.SettlementServiceStub(channel).GetBreakageReport(
+            request, timeout=timeout
+        )
+        if as_json:
+            _print_json(response)
+            return
+        scales = _scales(channel, scheme, timeout)
+    table = Table(title=f"breakage of {scheme} from {start} to {end}", title_justify="left")
+    for column in ("month", "asset", "funding", "sponsor"):
+        table.add_column(column)
+    table.add_column("expired", justify="right")
+    for row in response.rows:
+        amount = _amount(row.amount, scales.get(row.asset))
+        table.add_row(row.month, row.asset, row.funding, row.sponsor_id or "-", amount)
+    _console().print(table)
+
+
+@report_app.command("offers")
+def report_offers(
+    scheme: SchemeOption,
+    start: FromOption,
+    end: ToOption,
+    top: Annotated[int, typer.Option(help="How many top offers.", min=1, max=100)] = 10,
+    address: AddressOption = None,
+    timeout: TimeoutOption = DEFAULT_TIMEOUT_S,
+    as_json: JsonOption = False,
+) -> None:
+    """Awarded, redeemed and expired per offer and month (GetOfferPerformanceReport)."""
+    from loyalty.v1 import settlement_pb2, settlement_pb2_grpc
+    from rich.table import Table
+
+    request = settlement_pb2.GetOfferPerformanceReportRequest(
+        scheme_id=scheme, start_time=_stamp(start, "--from"), end_time=_stamp(end, "--to"), top=top
+    )
+    with _channel(address) as channel:
+        response = settlement_pb2_grpc.SettlementServiceStub(channel).GetOfferPerformanceReport(
+            request, timeout=timeout
+        )
+        if as_json:
+            _print_json(response)
+            return
+        scales = _scales(channel, scheme, timeout)
+    rows = Table(title=f"offer performance of {scheme} from {start} to {end}", title_justify="left")
+    for column in ("offer", "name", "month", "asset"):
+        rows.add_column(column)
+    for column in ("awarded", "redeemed", "expired"):
+        rows.add_column(column, justify="right")
+    for row in response.rows:
+        scale = scales.get(row.asset)
+        rows.add_row(
+            row.offer_id,
+            row.offer_name,
+            row.month,
+            row.asset,
+            *(_amount(v, scale) for v in (row.awarded, row.redeemed, row.expired)),
+        )
+    tops = Table(title=f"top {top} offers by awarded value", title_justify="left")
+    for column in ("offer", "name", "asset"):
+        tops.add_column(column)
+    for column in ("awarded", "redeemed", "expired", "outstanding"):
+        tops.add_column(column, justify="right")
+    for item in response.top_offers:
+        scale = scales.get(item.asset)
+        values = (item.awarded, item.redeemed, item.expired, item.outstanding)
+        tops.add_row(
+            item.offer_id, item.offer_name, item.asset, *(_amount(v, scale) for v in values)
+        )
+    console = _console()
+    console.print(rows)
+    console.print(tops)
+
+
+# -- demo -----------------------------------------------------------------------------------
+
+
+@app.command()
+def demo() -> None:
+    """A narrated tour on a throwaway server with a test clock (temporary database)."""
+    import grpc
+
+    from loyalty_ledger import demo as tour
+
+    try:
+        tour.run(_console())
+    except grpc.RpcError as error:
+        _fail_rpc(error)
+    except (tour.DemoError, OSError) as error:
+        _fail(f"demo: {error}")
 
 
 # -- export ---------------------------------------------------------------------------------

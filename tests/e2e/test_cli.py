@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from google.protobuf.duration_pb2 import Duration
-from loyalty.v1 import expiry_pb2, wallet_pb2
+from loyalty.v1 import expiry_pb2, offer_pb2, rewards_pb2, wallet_pb2
 from typer.testing import CliRunner, Result
 
 from loyalty_ledger.cli import app as cli_app
@@ -29,6 +29,7 @@ from tests.helpers import balance, credit, make_scheme, make_wallet, rid, ts
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 CLI_TIMEOUT_S = 30.0
+HOUR = timedelta(hours=1)
 
 
 async def loyalty(*args: str) -> Result:
@@ -267,3 +268,104 @@ def test_a_bad_setting_is_one_line_naming_the_variable() -> None:
     result = CliRunner().invoke(cli_app, ["serve"], env={"LOYALTY_PORT": "99999"})
     assert_one_error_line(result, "error: invalid setting LOYALTY_PORT: ")
     assert "65535" in result.stderr
+
+
+def report_lines(result: Result) -> list[list[str]]:
+    """The cells of each table row in a command's output."""
+    return [
+        [c.strip() for c in line.strip().strip("│").split("│")]
+        for line in result.stdout.splitlines()
+        if line.startswith("│")
+    ]
+
+
+@sqlite_only
+async def test_reports_show_liability_breakage_and_offers(app, offers, wallets, clock) -> None:
+    await make_scheme(offers)
+    wallet = (await make_wallet(wallets)).wallet_id
+    await credit(wallets, wallet, 500, sponsor_id="shop-1", expire_time=ts(clock.now() + HOUR))
+    await credit(wallets, wallet, 252, asset="EUR", sponsor_id="shop-2")
+    offer = (
+        await offers.CreateOffer(
+            offer_pb2.CreateOfferRequest(
+                request_id=rid("offer"),
+                offer=rewards_pb2.Offer(
+                    scheme_id="acme",
+                    name="5 points per 10 EUR",
+                    asset="POINTS",
+                    rule=rewards_pb2.AwardRule(
+                        points_per_spend=rewards_pb2.PointsPerSpend(points=5, per_amount=1000)
+                    ),
+                    conditions=rewards_pb2.OfferConditions(currency="EUR"),
+                ),
+            )
+        )
+    ).offer
+    await offers.SetOfferStatus(
+        offer_pb2.SetOfferStatusRequest(
+            request_id=rid("status"),
+            offer_id=offer.offer_id,
+            status=rewards_pb2.OFFER_STATUS_ACTIVE,
+        )
+    )
+    await offers.SubmitEvent(
+        offer_pb2.SubmitEventRequest(
+            request_id=rid("event"),
+            wallet_id=wallet,
+            event=rewards_pb2.CustomerEvent(
+                type=rewards_pb2.CUSTOMER_EVENT_TYPE_PURCHASE,
+                occur_time=ts(clock.now()),
+                merchant_id="shop-3",
+                amount=4000,
+                currency="EUR",
+            ),
+        )
+    )
+
+    liability = await loyalty("report", "liability", "--scheme", "acme", "-a", address(app))
+    assert liability.exit_code == 0, liability.output
+    rows = {(r[0], r[2]): r[3] for r in report_lines(liability)}
+    assert rows[("POINTS", "shop-1")] == "500"
+    assert rows[("EUR", "shop-2")] == "2.52"  # in euros, not cents
+    assert rows[("POINTS", "shop-3")] == "20"  # the offer's award, funded by the merchant
+
+    clock.advance(2 * HOUR)
+    assert (await loyalty("run", "expiry", "-a", address(app))).exit_code == 0
+    window = ["--from", "2026-01-01T00:00:00Z", "--to", "2026-02-01T00:00:00Z"]
+    breakage = await loyalty("report", "breakage", "--scheme", "acme", *window, "-a", address(app))
+    assert breakage.exit_code == 0, breakage.output
+    assert [(r[0], r[1], r[3], r[4]) for r in report_lines(breakage)] == [
+        ("2026-01", "POINTS", "shop-1", "500")
+    ]
+    as_json = await loyalty(
+        "report", "breakage", "--scheme", "acme", *window, "-a", address(app), "--json"
+    )
+    assert [row["amount"] for row in json.loads(as_json.stdout)["rows"]] == ["500"]
+    earlier = ["--from", "2025-12-01T00:00:00Z", "--to", "2026-01-01T00:00:00Z"]
+    none = await loyalty("report", "breakage", "--scheme", "acme", *earlier, "-a", address(app))
+    assert report_lines(none) == []
+
+    performance = await loyalty("report", "offers", "--scheme", "acme", *window, "-a", address(app))
+    assert performance.exit_code == 0, performance.output
+    assert "offer performance of acme" in performance.stdout
+    assert "top 10 offers" in performance.stdout
+    assert any("20" in row for row in report_lines(performance))
+    report = json.loads(
+        (
+            await loyalty(
+                "report", "offers", "--scheme", "acme", *window, "-a", address(app), "--json"
+            )
+        ).stdout
+    )
+    (row,) = report["rows"]
+    assert (row["offer_id"], row["month"], row["awarded"]) == (offer.offer_id, "2026-01", "20")
+    assert [top["offer_id"] for top in report["top_offers"]] == [offer.offer_id]
+
+    after = await loyalty("report", "liability", "--scheme", "acme", "-a", address(app))
+    left = {(r[0], r[2]): r[3] for r in report_lines(after)}
+    assert left == {("POINTS", "shop-3"): "20", ("EUR", "shop-2"): "2.52"}  # 500 expired
+
+    missing = await loyalty("report", "liability", "--scheme", "nope", "-a", address(app))
+    assert_one_error_line(missing, "error: NOT_FOUND ")
+    no_window = await loyalty("report", "breakage", "--scheme", "acme", "-a", address(app))
+    assert no_window.exit_code == 2
