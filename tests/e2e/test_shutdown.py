@@ -95,7 +95,9 @@ async def test_calls_under_way_finish_and_new_calls_are_refused(
         if refused is not None:
             break
         await asyncio.sleep(0.05)
-    assert refused is not None and refused.code() == grpc.StatusCode.UNAVAILABLE
+    # Refused: UNAVAILABLE, or CANCELLED when the call raced the server's own stop.
+    assert refused is not None
+    assert refused.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
     await asyncio.sleep(0.2)
     assert not stopping.done()  # stop waits for the call under way
     slow_get_wallet.released.set()
