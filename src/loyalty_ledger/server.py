@@ -119,7 +119,12 @@ class App:
         self.health = health_aio.HealthServicer()
         self.keys = KeyCache(self.ledger, settings.auth_cache_seconds)
         self.interceptors: list[grpc.aio.ServerInterceptor] = [
-            AuthInterceptor(self.ledger, self.keys)
+            AuthInterceptor(
+                self.ledger,
+                self.keys,
+                unary_seconds_max=settings.unary_seconds_max,
+                streams_per_key_max=settings.streams_per_key_max,
+            )
         ]
         # Outermost first: call metrics and the log context see every call, also the ones
         # an inner interceptor refuses; tracing spans come next.

@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     tls_client_ca_file: str = Field(
         "", description="PEM CA bundle: require client certificates it signed (mutual TLS)."
     )
+    unary_seconds_max: float = Field(
+        60.0, gt=0, le=3600, description="Server-side cap on one unary call (DEADLINE_EXCEEDED)."
+    )
+    streams_per_key_max: int = Field(
+        100, ge=1, le=100_000, description="WatchExpirations/export streams one API key may hold."
+    )
     auth_cache_seconds: float = Field(
         5.0, ge=0, le=300, description="How long a replica trusts a looked-up API key."
     )

@@ -14,6 +14,7 @@ objects it may touch.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
@@ -25,7 +26,12 @@ from sqlalchemy import select
 
 from loyalty_ledger.api.context import caller_scope
 from loyalty_ledger.api.errors import abort_for
-from loyalty_ledger.domain.errors import NotFound, PermissionDenied, Unauthenticated
+from loyalty_ledger.domain.errors import (
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+)
 from loyalty_ledger.ledger import api_keys
 from loyalty_ledger.ledger import settlement as statements
 from loyalty_ledger.ledger import tables as t
@@ -304,9 +310,23 @@ async def authorize(key: ApiKeyRecord, full_method: str, request: Any, ledger: L
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, ledger: Ledger, keys: KeyCache) -> None:
+    """Also enforces two per-call limits: a unary call's time (`unary_seconds_max`: past it
+    the call ends DEADLINE_EXCEEDED and its transaction rolls back) and the streams one key
+    may hold open at once (`streams_per_key_max`: RESOURCE_EXHAUSTED beyond it)."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        keys: KeyCache,
+        *,
+        unary_seconds_max: float = 60.0,
+        streams_per_key_max: int = 100,
+    ) -> None:
         self.ledger = ledger
         self.keys = keys
+        self.unary_seconds_max = unary_seconds_max
+        self.streams_per_key_max = streams_per_key_max
+        self._streams: dict[str, int] = {}
 
     async def _admit(self, method: str, request: Any, context: Any) -> ApiKeyRecord:
         secret = _secret(context)
@@ -331,6 +351,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or service in OPEN_SERVICES:
             return handler
         admit = self._admit
+        limit_s = self.unary_seconds_max
         if handler.unary_unary is not None:
             behavior = handler.unary_unary
 
@@ -342,7 +363,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                     raise  # pragma: no cover - abort raises
                 token = caller_scope.set(key.id)
                 try:
-                    return await behavior(request, context)
+                    async with asyncio.timeout(limit_s):
+                        return await behavior(request, context)
+                except TimeoutError:
+                    await context.abort(
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        f"the call took longer than the server's limit of {limit_s:g} s "
+                        "(LOYALTY_UNARY_SECONDS_MAX); nothing it began was committed",
+                    )
                 finally:
                     caller_scope.reset(token)
 
@@ -361,12 +389,26 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                     await abort_for(context, error, method)
                     raise  # pragma: no cover - abort raises
                 caller_scope.set(key.id)  # the call's own task: nothing to restore
-                result = stream_behavior(request, context)
-                if inspect.isasyncgen(result):
-                    async for item in result:
-                        yield item
-                else:
-                    await result
+                if self._streams.get(key.id, 0) >= self.streams_per_key_max:
+                    too_many = ResourceExhausted(
+                        f"key {key.id} has {self.streams_per_key_max} streams open already "
+                        "(LOYALTY_STREAMS_PER_KEY_MAX); close one or retry later",
+                        reason="STREAMS_PER_KEY",
+                        key_id=key.id,
+                    )
+                    await abort_for(context, too_many, method)
+                self._streams[key.id] = self._streams.get(key.id, 0) + 1
+                try:
+                    result = stream_behavior(request, context)
+                    if inspect.isasyncgen(result):
+                        async for item in result:
+                            yield item
+                    else:
+                        await result
+                finally:
+                    self._streams[key.id] -= 1
+                    if not self._streams[key.id]:
+                        del self._streams[key.id]
 
             return grpc.unary_stream_rpc_method_handler(
                 stream,
