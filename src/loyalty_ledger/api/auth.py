@@ -311,7 +311,8 @@ async def authorize(key: ApiKeyRecord, full_method: str, request: Any, ledger: L
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Also enforces two per-call limits: a unary call's time (`unary_seconds_max`: past it
-    the call ends DEADLINE_EXCEEDED and its transaction rolls back) and the streams one key
+    the call ends DEADLINE_EXCEEDED; a write it had handed to the writer may still commit, so
+    the caller retries with the same request_id to learn the outcome) and the streams one key
     may hold open at once (`streams_per_key_max`: RESOURCE_EXHAUSTED beyond it)."""
 
     def __init__(
@@ -369,7 +370,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                     await context.abort(
                         grpc.StatusCode.DEADLINE_EXCEEDED,
                         f"the call took longer than the server's limit of {limit_s:g} s "
-                        "(LOYALTY_UNARY_SECONDS_MAX); nothing it began was committed",
+                        "(LOYALTY_UNARY_SECONDS_MAX); a write may still have committed: "
+                        "retry with the same request_id",
                     )
                 finally:
                     caller_scope.reset(token)
