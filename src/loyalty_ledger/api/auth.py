@@ -125,28 +125,16 @@ class MerchantScope:
         if wallet.scheme_id != self.scheme_id:
             raise self.deny(f"wallet {wallet_id} is in another scheme")
 
-    async def hold(self, hold_id: str) -> None:
-        row = await self._row(t.holds, hold_id)
-        if row is not None and (row.scheme_id, row.merchant_id) != (
-            self.scheme_id,
-            self.key.merchant_id,
-        ):
-            raise self.deny(f"hold {hold_id} is another merchant's")
-
-    async def transaction(self, transaction_id: str, *, own: bool) -> None:
-        row = await self._row(t.transactions, transaction_id)
+    async def owned(self, table: Any, row_id: str, what: str, *, by_merchant: bool = True) -> None:
+        """The row (a hold, spend or event) is of its scheme and, with `by_merchant`, its
+        merchant's."""
+        row = await self._row(table, row_id)
         if row is None:
             return
-        if row.scheme_id != self.scheme_id or (own and row.merchant_id != self.key.merchant_id):
-            raise self.deny(f"transaction {transaction_id} is another merchant's")
-
-    async def event(self, event_id: str) -> None:
-        row = await self._row(t.customer_events, event_id)
-        if row is not None and (row.scheme_id, row.merchant_id) != (
-            self.scheme_id,
-            self.key.merchant_id,
+        if row.scheme_id != self.scheme_id or (
+            by_merchant and row.merchant_id != self.key.merchant_id
         ):
-            raise self.deny(f"event {event_id} happened at another merchant")
+            raise self.deny(f"{what} {row_id} is another merchant's")
 
     async def offer(self, offer_id: str) -> None:
         try:
@@ -213,19 +201,19 @@ async def _quote(s: MerchantScope, request: Any) -> None:
 
 
 async def _hold(s: MerchantScope, request: Any) -> None:
-    await s.hold(request.hold_id)
+    await s.owned(t.holds, request.hold_id, "hold")
 
 
 async def _refund(s: MerchantScope, request: Any) -> None:
-    await s.transaction(request.transaction_id, own=True)
+    await s.owned(t.transactions, request.transaction_id, "transaction")
 
 
 async def _read_transaction(s: MerchantScope, request: Any) -> None:
-    await s.transaction(request.transaction_id, own=False)
+    await s.owned(t.transactions, request.transaction_id, "transaction", by_merchant=False)
 
 
 async def _reverse_event(s: MerchantScope, request: Any) -> None:
-    await s.event(request.event_id)
+    await s.owned(t.customer_events, request.event_id, "event")
 
 
 async def _offer(s: MerchantScope, request: Any) -> None:

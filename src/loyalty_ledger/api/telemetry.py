@@ -62,7 +62,7 @@ class CallTelemetry(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
         if handler is None:
-            return None  # unknown method: grpc answers UNIMPLEMENTED (not counted, as in Go)
+            return None  # unknown method: grpc refuses it itself (not counted, as in Go)
         method: str = handler_call_details.method  # type: ignore[attr-defined]
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
