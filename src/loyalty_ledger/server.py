@@ -74,6 +74,7 @@ class App:
             sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms,
             pg_pool_size=settings.pg_pool_size,
             pg_max_overflow=settings.pg_max_overflow,
+            pg_pool_timeout_s=settings.pg_pool_timeout_seconds,
             write_retries_max=settings.write_retries_max,
         )
         self.ledger = Ledger(

@@ -58,6 +58,14 @@ class Settings(BaseSettings):
     sqlite_busy_timeout_ms: int = Field(5_000, ge=0, le=600_000)
     pg_pool_size: int = Field(10, ge=1, le=200)
     pg_max_overflow: int = Field(10, ge=0, le=200)
+    pg_pool_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=600,
+        description="PostgreSQL: how long a connection checkout may wait in the pool before "
+        "UNAVAILABLE DB_POOL_EXHAUSTED (calls queue for the pool_size + max_overflow "
+        "connections first, without a timeout).",
+    )
     write_retries_max: int = Field(
         8, ge=0, le=100, description="PostgreSQL: retries of serialization failures/deadlocks."
     )

@@ -8,7 +8,12 @@ business reason (INSUFFICIENT_FUNDS, HOLD_NOT_ACTIVE, ...). None may fail with U
 ABORTED, INTERNAL or UNKNOWN, or mention a locked database, a serialization failure or a
 deadlock. Afterwards value is conserved and the invariants hold.
 
-A second test counts PostgreSQL deadlocks (pg_stat_database) while VoidHold races the
+A fast PostgreSQL test squeezes the connection pool to one connection with a tiny pool
+timeout: concurrent calls that each hold it for longer than that timeout all succeed (they
+queue in the server, not in the pool), and a pool that times out all the same answers
+UNAVAILABLE `DB_POOL_EXHAUSTED`, never INTERNAL (bug 3 of docs/reliability.md).
+
+A further test counts PostgreSQL deadlocks (pg_stat_database) while VoidHold races the
 hold-timeout run on lapsed holds: the documented lock order (wallets first) should make
 deadlocks impossible.
 """
@@ -25,13 +30,13 @@ import asyncpg
 import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
-from loyalty.v1 import expiry_pb2, wallet_pb2, wallet_pb2_grpc
+from loyalty.v1 import expiry_pb2, offer_pb2_grpc, wallet_pb2, wallet_pb2_grpc
 from sqlalchemy.engine import make_url
 
 from tests.conftest import BACKENDS, PG_ADMIN_DSN
 from tests.helpers import balance, credit, error_info, make_scheme, make_wallet, rid
 from tests.invariants import check_invariants
-from tests.reliability.support import SOAK, aio_channel, server_settings, size, wait_ready
+from tests.reliability.support import aio_channel, server_settings, size, wait_ready
 
 OPS = size(ci=150, soak=2_000)
 EXPECTED = {
@@ -103,24 +108,6 @@ async def _one(stub: Any, kind: str, wallets: list[str], rng: random.Random) -> 
     return "OK"
 
 
-POOL_BUG = pytest.mark.xfail(
-    condition=SOAK,
-    strict=True,
-    raises=AssertionError,
-    reason="bug: at the soak figure (1,000 concurrent calls per server on three wallets) "
-    "PostgreSQL callers queue for a pooled connection behind the wallet row locks; after "
-    "30 s the pool's TimeoutError reaches them as INTERNAL instead of a retryable status",
-)
-
-
-@pytest.mark.parametrize(
-    "database_url",
-    [
-        BACKENDS[0],
-        pytest.param("postgres", id="postgres", marks=[pytest.mark.postgres, POOL_BUG]),
-    ],
-    indirect=True,
-)
 async def test_contention_never_reaches_a_client(app, offers, wallets) -> None:
     await make_scheme(offers)
     ids = [(await make_wallet(wallets)).wallet_id for _ in range(3)]
@@ -142,6 +129,64 @@ async def test_contention_never_reaches_a_client(app, offers, wallets) -> None:
         await other.stop(0)
     assert outcomes.count("OK") > OPS // 2
     await app.db.read(check_invariants)
+
+
+POOL_TIMEOUT_S = 0.2
+HOLD_S = 0.5  # each call keeps its connection this long: more than the pool timeout
+
+
+@pytest.mark.parametrize("database_url", [BACKENDS[1]], indirect=True)
+async def test_an_exhausted_pool_queues_calls_and_never_answers_internal(
+    database_url: str, clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from loyalty_ledger.ledger.reads import Reader
+    from loyalty_ledger.server import App
+
+    settings = server_settings(database_url).model_copy(
+        update={"pg_pool_size": 1, "pg_max_overflow": 0, "pg_pool_timeout_seconds": POOL_TIMEOUT_S}
+    )
+    app = App(settings, clock)
+    await app.start()
+    try:
+        await wait_ready(app)
+        async with aio_channel(f"127.0.0.1:{app.port}") as channel:
+            stub = wallet_pb2_grpc.WalletServiceStub(channel)
+            await make_scheme(offer_pb2_grpc.OfferServiceStub(channel))
+            wallet = (await make_wallet(stub)).wallet_id
+            original = Reader.get_wallet
+
+            async def slow(self: Reader, wallet_id: str) -> Any:
+                found = await original(self, wallet_id)
+                await asyncio.sleep(HOLD_S)  # with the connection checked out
+                return found
+
+            monkeypatch.setattr(Reader, "get_wallet", slow)
+            calls = 4  # the last waits 3 x HOLD_S for the one connection: 7 pool timeouts
+            started = time.monotonic()
+            got = await asyncio.gather(
+                *(
+                    stub.GetWallet(wallet_pb2.GetWalletRequest(wallet_id=wallet))
+                    for _ in range(calls)
+                ),
+                credit(stub, wallet, 5),
+            )
+            took = time.monotonic() - started
+            assert [g.wallet.wallet_id for g in got[:calls]] == [wallet] * calls
+            assert took >= calls * HOLD_S  # one at a time: they really queued
+            assert (await balance(stub, wallet)).available == 5
+
+            # A connection taken outside the server's queue (as the readiness check does):
+            # the pool itself times out, and the caller gets a retryable UNAVAILABLE.
+            monkeypatch.setattr(Reader, "get_wallet", original)
+            async with app.db.read_engine.connect():
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await stub.GetWallet(wallet_pb2.GetWalletRequest(wallet_id=wallet))
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, caught.value.details()
+            assert error_info(caught.value).reason == "DB_POOL_EXHAUSTED"
+            again = await stub.GetWallet(wallet_pb2.GetWalletRequest(wallet_id=wallet))
+            assert again.wallet.wallet_id == wallet  # retried once the pool has room
+    finally:
+        await app.stop(0)
 
 
 async def _deadlocks(database: str) -> int:

@@ -10,15 +10,18 @@ order, and serialization failures and deadlocks are retried a bounded number of 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from loyalty_ledger.domain.errors import ResourceExhausted, Unavailable
@@ -32,6 +35,9 @@ Job = Callable[[AsyncConnection], Awaitable[T]]
 _RETRYABLE_SQLSTATES = {"40001", "40P01"}
 
 
+# SQLite read connections: a pool of 5 plus 5 overflow (the writer has its own one).
+SQLITE_READ_POOL_SIZE = 5
+SQLITE_READ_MAX_OVERFLOW = 5
 # SQLite page cache of the write connection (readers keep 8 MiB each).
 SQLITE_WRITER_CACHE_KIB = 262_144
 # WAL pages before an automatic checkpoint (SQLite's default is 1,000: 4 MiB).
@@ -51,7 +57,11 @@ def ensure_sqlite_folder(url: str) -> None:
 
 def _sqlite_engine(url: str, *, write: bool, busy_timeout_ms: int) -> AsyncEngine:
     ensure_sqlite_folder(url)
-    engine = create_async_engine(url, pool_size=1 if write else 5, max_overflow=0 if write else 5)
+    engine = create_async_engine(
+        url,
+        pool_size=1 if write else SQLITE_READ_POOL_SIZE,
+        max_overflow=0 if write else SQLITE_READ_MAX_OVERFLOW,
+    )
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -162,6 +172,45 @@ def _storage_error(exc: Exception) -> Exception:
     return exc
 
 
+class PoolGate:
+    """Bounds the connections taken from one pool at once to what the pool can hand out.
+
+    Callers beyond `slots` wait here, in arrival order and without a time limit (a gRPC call
+    is still bounded by LOYALTY_UNARY_SECONDS_MAX), instead of in SQLAlchemy's pool, whose
+    wait ends after `pool_timeout` with a TimeoutError. A task that already holds a slot
+    takes a nested connection ungated (it would otherwise wait for itself). Should the pool
+    time out all the same (connections taken outside the gate, such as the readiness check),
+    the caller gets Unavailable `DB_POOL_EXHAUSTED`, which is retryable, never INTERNAL.
+    """
+
+    def __init__(self, slots: int) -> None:
+        assert slots >= 1
+        self.slots = slots
+        self._free = asyncio.Semaphore(slots)
+        self._held: contextvars.ContextVar[bool] = contextvars.ContextVar(
+            f"pool_gate_{id(self)}", default=False
+        )
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        try:
+            if self._held.get():
+                yield
+                return
+            async with self._free:
+                token = self._held.set(True)
+                try:
+                    yield
+                finally:
+                    self._held.reset(token)
+        except PoolTimeoutError as error:
+            log.warning("database pool exhausted: %s", error)
+            raise Unavailable(
+                "no database connection came free in time; retry with the same request_id",
+                reason="DB_POOL_EXHAUSTED",
+            ) from error
+
+
 class Database:
     """Owns the engines. `read` runs a job on a snapshot; `write` on the one write path."""
 
@@ -173,6 +222,7 @@ class Database:
         sqlite_busy_timeout_ms: int = 5_000,
         pg_pool_size: int = 10,
         pg_max_overflow: int = 10,
+        pg_pool_timeout_s: float = 30.0,
         write_retries_max: int = 8,
     ) -> None:
         self.url = url
@@ -187,11 +237,17 @@ class Database:
                 url, write=True, busy_timeout_ms=sqlite_busy_timeout_ms
             )
             self._writer = SingleWriter(self.write_engine, writer_queue_max)
+            self._gate = PoolGate(SQLITE_READ_POOL_SIZE + SQLITE_READ_MAX_OVERFLOW)  # reads
         else:
             self.write_engine = create_async_engine(
-                url, pool_size=pg_pool_size, max_overflow=pg_max_overflow, pool_pre_ping=True
+                url,
+                pool_size=pg_pool_size,
+                max_overflow=pg_max_overflow,
+                pool_timeout=pg_pool_timeout_s,
+                pool_pre_ping=True,
             )
             self.read_engine = self.write_engine
+            self._gate = PoolGate(pg_pool_size + pg_max_overflow)  # reads and writes
 
     async def start(self) -> None:
         if self._writer is not None:
@@ -205,7 +261,7 @@ class Database:
             await self.read_engine.dispose()
 
     async def read(self, job: Job[T]) -> T:
-        async with self.read_engine.connect() as conn:
+        async with self._gate.slot(), self.read_engine.connect() as conn:
             if not self.is_sqlite:
                 # One snapshot for every statement of the read (SQLite readers have one anyway).
                 await conn.execution_options(isolation_level="REPEATABLE READ")
@@ -219,7 +275,7 @@ class Database:
         attempt = 0
         while True:
             try:
-                async with self.write_engine.begin() as conn:
+                async with self._gate.slot(), self.write_engine.begin() as conn:
                     return await job(conn)
             except DBAPIError as exc:
                 sqlstate = getattr(exc.orig, "sqlstate", None)
