@@ -91,6 +91,17 @@ async def rpc_error(
     return error
 
 
+def quota_failure(error: grpc.aio.AioRpcError) -> error_details_pb2.QuotaFailure.Violation:
+    """The one QuotaFailure violation of a RESOURCE_EXHAUSTED error."""
+    for detail in status_details(error).details:
+        if detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
+            failure = error_details_pb2.QuotaFailure()
+            detail.Unpack(failure)
+            (only,) = failure.violations
+            return only
+    raise AssertionError(f"no QuotaFailure on {error.code()}: {error.details()}")
+
+
 def field_violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
     for detail in status_details(error).details:
         if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):

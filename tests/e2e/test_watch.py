@@ -41,6 +41,7 @@ from tests.helpers import (
     make_scheme,
     make_wallet,
     open_channel,
+    quota_failure,
     rid,
 )
 
@@ -418,6 +419,7 @@ async def test_a_stalled_subscriber_is_cut_off_without_slowing_writers(
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
     info = error_info(error)
     assert info.reason == "SUBSCRIBER_TOO_SLOW"
+    assert quota_failure(error).quota_id == info.metadata["limit"] == "LOYALTY_WATCH_BUFFER_MAX"
     last = ([first, *delivered])[-1].sequence
     assert info.metadata["last_sequence"] == str(last)
     assert len(delivered) < 50
@@ -442,7 +444,18 @@ async def test_the_subscriber_cap(database_url: str, clock: TestClock) -> None:
             assert (await next_message(call)).HasField("heartbeat")  # both are registered
         _, error = await read_until_error(watch(stub, from_now=True))
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
-        assert error_info(error).reason == "TOO_MANY_SUBSCRIBERS"
+        info = error_info(error)
+        assert info.reason == "TOO_MANY_SUBSCRIBERS"
+        assert (info.metadata["limit"], info.metadata["limit_value"]) == (
+            "LOYALTY_WATCH_SUBSCRIBERS_MAX",
+            "2",
+        )
+        quota = quota_failure(error)
+        assert (quota.subject, quota.quota_id, quota.quota_value) == (
+            "server",
+            "LOYALTY_WATCH_SUBSCRIBERS_MAX",
+            2,
+        )
         calls[0].cancel()
         # The slot comes back once the server has seen the cancellation.
         for _ in range(100):

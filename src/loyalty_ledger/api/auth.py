@@ -27,6 +27,7 @@ from sqlalchemy import select
 from loyalty_ledger.api.context import caller_scope
 from loyalty_ledger.api.errors import abort_for
 from loyalty_ledger.domain.errors import (
+    DeadlineExceeded,
     NotFound,
     PermissionDenied,
     ResourceExhausted,
@@ -355,12 +356,15 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                     async with asyncio.timeout(limit_s):
                         return await behavior(request, context)
                 except TimeoutError:
-                    await context.abort(
-                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                    too_long = DeadlineExceeded(
                         f"the call took longer than the server's limit of {limit_s:g} s "
                         "(LOYALTY_UNARY_SECONDS_MAX); a write may still have committed: "
                         "retry with the same request_id",
+                        reason="UNARY_TIME_LIMIT",
+                        limit="LOYALTY_UNARY_SECONDS_MAX",
+                        limit_seconds=f"{limit_s:g}",
                     )
+                    await abort_for(context, too_long, method)
                 finally:
                     caller_scope.reset(token)
 
@@ -384,6 +388,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                         f"key {key.id} has {self.streams_per_key_max} streams open already "
                         "(LOYALTY_STREAMS_PER_KEY_MAX); close one or retry later",
                         reason="STREAMS_PER_KEY",
+                        limit="LOYALTY_STREAMS_PER_KEY_MAX",
+                        limit_value=self.streams_per_key_max,
+                        subject=f"api_key:{key.id}",
                         key_id=key.id,
                     )
                     await abort_for(context, too_many, method)

@@ -14,6 +14,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from loyalty_ledger.domain.errors import (
     AlreadyExists,
+    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     LedgerError,
@@ -38,6 +39,7 @@ _CODES: list[tuple[type[LedgerError], grpc.StatusCode]] = [
     (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
 ]
 
 
@@ -48,7 +50,8 @@ def _pack(message: Any) -> any_pb2.Any:
 
 
 def status_for(error: LedgerError) -> tuple[grpc.StatusCode, status_pb2.Status]:
-    """A google.rpc.Status with one ErrorInfo and, for bad input, BadRequest violations."""
+    """A google.rpc.Status with one ErrorInfo and, for bad input, BadRequest violations; a
+    PreconditionFailure for FAILED_PRECONDITION and a QuotaFailure for RESOURCE_EXHAUSTED."""
     code = next((c for kind, c in _CODES if isinstance(error, kind)), grpc.StatusCode.INTERNAL)
     details = [
         _pack(
@@ -78,6 +81,21 @@ def status_for(error: LedgerError) -> tuple[grpc.StatusCode, status_pb2.Status]:
                     violations=[
                         error_details_pb2.PreconditionFailure.Violation(
                             type=error.reason, subject=subject, description=error.message
+                        )
+                    ]
+                )
+            )
+        )
+    if isinstance(error, ResourceExhausted):
+        details.append(
+            _pack(
+                error_details_pb2.QuotaFailure(
+                    violations=[
+                        error_details_pb2.QuotaFailure.Violation(
+                            subject=error.subject,
+                            description=error.message,
+                            quota_id=error.limit,
+                            quota_value=error.limit_value or 0,
                         )
                     ]
                 )

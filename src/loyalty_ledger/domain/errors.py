@@ -91,9 +91,39 @@ class InsufficientFunds(FailedPrecondition):
 
 
 class ResourceExhausted(LedgerError):
-    """A bounded resource (queue, buffer, subscriber slots) is full; retry later."""
+    """A bounded resource (queue, buffer, subscriber slots, message size) is full.
+
+    `limit` names the setting or constant that bounds it and `limit_value` its value (both
+    also go into the ErrorInfo metadata); `subject` is what hit it ("api_key:<id>",
+    "server", "request", ...). The gRPC edge adds a google.rpc.QuotaFailure from them.
+    """
 
     reason = "RESOURCE_EXHAUSTED"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        limit: str = "",
+        limit_value: int | None = None,
+        subject: str = "",
+        **metadata: object,
+    ) -> None:
+        if limit:
+            metadata["limit"] = limit
+        if limit_value is not None:
+            metadata["limit_value"] = limit_value
+        super().__init__(message, reason=reason, **metadata)
+        self.limit = limit
+        self.limit_value = limit_value
+        self.subject = subject
+
+
+class DeadlineExceeded(LedgerError):
+    """The call ran longer than the server allows; a write it started may still commit."""
+
+    reason = "DEADLINE_EXCEEDED"
 
 
 class Unavailable(LedgerError):

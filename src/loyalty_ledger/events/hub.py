@@ -387,8 +387,12 @@ class ExpirationHub:
             raise Unavailable(SHUTTING_DOWN, last_sequence=after_sequence)
         if len(self._open) >= self.subscribers_max:
             raise ResourceExhausted(
-                f"at most {self.subscribers_max} concurrent subscribers; retry later",
+                f"at most {self.subscribers_max} concurrent subscribers "
+                "(LOYALTY_WATCH_SUBSCRIBERS_MAX); retry later",
                 reason="TOO_MANY_SUBSCRIBERS",
+                limit="LOYALTY_WATCH_SUBSCRIBERS_MAX",
+                limit_value=self.subscribers_max,
+                subject="server",
             )
         # Registration and reading R happen without an await in between (see the reader).
         registered_at = self._last_seq
@@ -418,9 +422,12 @@ class ExpirationHub:
                 except asyncio.QueueEmpty:
                     if subscriber.overflowed:  # everything buffered went out: cut off now
                         raise ResourceExhausted(
-                            f"subscriber fell more than {self.buffer_max} events behind; "
-                            f"resume after sequence {last}",
+                            f"subscriber fell more than {self.buffer_max} events behind "
+                            f"(LOYALTY_WATCH_BUFFER_MAX); resume after sequence {last}",
                             reason="SUBSCRIBER_TOO_SLOW",
+                            limit="LOYALTY_WATCH_BUFFER_MAX",
+                            limit_value=self.buffer_max,
+                            subject="subscriber",
                             last_sequence=last,
                         ) from None
                     try:
