@@ -27,6 +27,7 @@ from loyalty.v1 import (
 from loyalty_ledger.api.admin_servicer import AdminServicer
 from loyalty_ledger.api.auth import AuthInterceptor, KeyCache
 from loyalty_ledger.api.clock_servicer import TestClockServicer
+from loyalty_ledger.api.message_limits import TRANSPORT_FACTOR, MessageLimits
 from loyalty_ledger.api.offer_codec import decode_offer
 from loyalty_ledger.api.offer_servicer import OfferServicer
 from loyalty_ledger.api.settlement_servicer import SettlementServicer
@@ -59,7 +60,6 @@ TEST_CLOCK_SERVICE = clock_pb2.DESCRIPTOR.services_by_name["TestClockService"].f
 READINESS_POLL_SECONDS = 1.0
 PURGE_INTERVAL_SECONDS = 3600.0
 TASK_STOP_WAIT_S = 2.0  # how long stop() waits for its cancelled background tasks
-MESSAGE_BYTES_MAX = 4 * 1024 * 1024
 
 
 class App:
@@ -120,6 +120,8 @@ class App:
         self.health = health_aio.HealthServicer()
         self.keys = KeyCache(self.ledger, settings.auth_cache_seconds)
         self.interceptors: list[grpc.aio.ServerInterceptor] = [
+            # Before authentication: an oversized request is refused unparsed.
+            MessageLimits(settings.message_bytes_max),
             AuthInterceptor(
                 self.ledger,
                 self.keys,
@@ -136,11 +138,13 @@ class App:
 
             self.tracing = tracing.setup()
             self.interceptors.insert(1, self.tracing.interceptor)
+        transport_bytes_max = settings.message_bytes_max * TRANSPORT_FACTOR
         self.server = grpc.aio.server(
             interceptors=self.interceptors,
             options=[
-                ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
-                ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
+                # gRPC's own caps are a backstop; MessageLimits refuses with details first.
+                ("grpc.max_receive_message_length", transport_bytes_max),
+                ("grpc.max_send_message_length", transport_bytes_max),
             ],
         )
         self._tasks: list[asyncio.Task[None]] = []

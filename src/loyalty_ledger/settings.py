@@ -46,6 +46,14 @@ class Settings(BaseSettings):
     streams_per_key_max: int = Field(
         100, ge=1, le=100_000, description="WatchExpirations/export streams one API key may hold."
     )
+    message_bytes_max: int = Field(
+        4 * 1024 * 1024,
+        ge=64 * 1024,
+        le=64 * 1024 * 1024,
+        description="Largest request, and largest page of a List call, in serialized bytes "
+        "(RESOURCE_EXHAUSTED MESSAGE_TOO_LARGE / RESPONSE_TOO_LARGE beyond it). Above 4 MiB, "
+        "clients must raise their own receive limit too.",
+    )
     auth_cache_seconds: float = Field(
         5.0, ge=0, le=300, description="How long a replica trusts a looked-up API key."
     )
