@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 REQUEST_ID_CHARS_MAX = 64
+SCHEME_ID_CHARS_MIN = 3  # a caller-chosen scheme_id: 3 to ID_CHARS_MAX characters
 ID_CHARS_MAX = 64
 CUSTOMER_REF_CHARS_MAX = 128
 NAME_CHARS_MAX = 200
@@ -30,5 +31,6 @@ EVENT_BATCH_MAX = 500  # SubmitEvents
 REDEMPTION_RATES_MAX = 8  # per scheme
 PROMOTION_CODES_MAX = 10_000  # per CreatePromotionCodes
 WALLET_TAGS_MAX = 32
+WATCH_WALLET_IDS_MAX = 1_000  # wallet_ids of one WatchExpirations filter
 TIERS_MAX = 16  # per tier programme
 TIER_WINDOW_DAYS_MAX = 1096  # three years

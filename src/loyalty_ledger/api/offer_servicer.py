@@ -630,10 +630,10 @@ class OfferServicer(offer_pb2_grpc.OfferServiceServicer):
         codes = [promotions.normalize(c) for c in request.codes]
         if bool(codes) == bool(request.count):
             checks.fail("codes", "give codes or a count, not both")
-        if len(codes) > limits.PROMOTION_CODES_MAX or not 0 <= request.count <= (
-            limits.PROMOTION_CODES_MAX
-        ):
-            checks.fail("count", f"at most {limits.PROMOTION_CODES_MAX} codes a batch")
+        if len(codes) > limits.PROMOTION_CODES_MAX:
+            checks.fail("codes", f"at most {limits.PROMOTION_CODES_MAX} codes a batch")
+        if not 0 <= request.count <= limits.PROMOTION_CODES_MAX:
+            checks.fail("count", f"0 to {limits.PROMOTION_CODES_MAX} codes a batch")
         for i, code in enumerate(codes[: limits.PROMOTION_CODES_MAX]):
             if not _CODE.match(code):
                 checks.fail(f"codes[{i}]", "4-32 characters of A-Z and 0-9")

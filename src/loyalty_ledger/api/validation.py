@@ -17,7 +17,9 @@ from loyalty_ledger.domain.timeutil import to_us
 
 _ASSET_CODE = re.compile(r"^[A-Z][A-Z0-9_]{1,11}$")
 _TAG = re.compile(r"^[a-z0-9_:-]{1,64}$")
-_SCHEME_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{2,63}$")
+_SCHEME_ID = re.compile(
+    rf"^[a-z0-9][a-z0-9_-]{{{limits.SCHEME_ID_CHARS_MIN - 1},{limits.ID_CHARS_MAX - 1}}}$"
+)
 _MAX_TIMESTAMP_SECONDS = int(datetime(limits.TIMESTAMP_YEAR_MAX, 12, 31, tzinfo=UTC).timestamp())
 
 

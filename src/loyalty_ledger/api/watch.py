@@ -10,7 +10,7 @@ from typing import TypeAlias
 import grpc
 from loyalty.v1 import expiry_pb2
 
-from loyalty_ledger.api import convert
+from loyalty_ledger.api import convert, limits
 from loyalty_ledger.api.errors import abort_for
 from loyalty_ledger.api.validation import Checks
 from loyalty_ledger.events.hub import ExpirationHub, Heartbeat, StoredEvent, WatchFilter
@@ -19,7 +19,6 @@ from loyalty_ledger.ledger.outbox import EXPIRATION_EVENT_TYPES
 log = logging.getLogger(__name__)
 
 Ctx: TypeAlias = grpc.aio.ServicerContext  # type: ignore[type-arg]
-WATCH_WALLET_IDS_MAX = 1_000
 # Outbox type names <-> proto enum values (EXPIRED <-> EXPIRATION_EVENT_TYPE_EXPIRED).
 _TYPE_VALUES = {
     name: expiry_pb2.ExpirationEventType.Value(f"EXPIRATION_EVENT_TYPE_{name}")
@@ -32,8 +31,8 @@ def watch_filter(request: expiry_pb2.WatchExpirationsRequest) -> WatchFilter:
     """The request's filter, or InvalidArgument listing every bad field."""
     checks = Checks()
     checks.resource_id("scheme_id", request.scheme_id, required=False)
-    if len(request.wallet_ids) > WATCH_WALLET_IDS_MAX:
-        checks.fail("wallet_ids", f"at most {WATCH_WALLET_IDS_MAX} wallets")
+    if len(request.wallet_ids) > limits.WATCH_WALLET_IDS_MAX:
+        checks.fail("wallet_ids", f"at most {limits.WATCH_WALLET_IDS_MAX} wallets")
     else:
         for i, wallet_id in enumerate(request.wallet_ids):
             checks.resource_id(f"wallet_ids[{i}]", wallet_id)
