@@ -127,7 +127,7 @@ class App:
                 self.keys,
                 unary_seconds_max=settings.unary_seconds_max,
                 streams_per_key_max=settings.streams_per_key_max,
-            )
+            ),
         ]
         # Outermost first: call metrics and the log context see every call, also the ones
         # an inner interceptor refuses; tracing spans come next.
