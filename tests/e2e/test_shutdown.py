@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 
 import grpc
@@ -43,12 +44,38 @@ async def test_health_watchers_see_not_serving_when_shutdown_begins(app: App) ->
         await asyncio.wait_for(stopping, 10)
 
 
-class Gate:
-    """Holds a patched coroutine until released; `entered` tells that a call is waiting."""
+class _ThreadEvent:
+    """An event that may be set from any thread and awaited on any thread's event loop."""
 
     def __init__(self) -> None:
-        self.entered = asyncio.Event()
-        self.released = asyncio.Event()
+        self._lock = threading.Lock()
+        self._is_set = False
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+
+    def set(self) -> None:
+        with self._lock:
+            self._is_set = True
+            waiters, self._waiters = self._waiters, []
+        for loop, event in waiters:
+            loop.call_soon_threadsafe(event.set)
+
+    async def wait(self) -> None:
+        event = asyncio.Event()
+        with self._lock:
+            if self._is_set:
+                return
+            self._waiters.append((asyncio.get_running_loop(), event))
+        await event.wait()
+
+
+class Gate:
+    """Holds a patched coroutine until released; `entered` tells that a call is waiting.
+
+    Thread-safe: on SQLite a write job runs on the writer's own thread and event loop."""
+
+    def __init__(self) -> None:
+        self.entered = _ThreadEvent()
+        self.released = _ThreadEvent()
 
     async def wait(self) -> None:
         self.entered.set()

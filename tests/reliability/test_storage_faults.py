@@ -123,9 +123,7 @@ async def _fault_off(app: Any, kind: str) -> None:
         await _writer_pragma(app, "max_page_count = 1073741823")
     elif kind == "sqlite-readonly":
         # BEGIN IMMEDIATE itself is refused now: reset the pragma outside a transaction.
-        async with app.db.write_engine.connect() as conn:
-            raw = await conn.get_raw_connection()
-            await raw.driver_connection.execute("PRAGMA query_only = OFF")
+        await app.db.sqlite_writer_statement("PRAGMA query_only = OFF")
     else:
         name = make_url(app.settings.database_url).database
         await _pg(f"ALTER DATABASE {name} RESET default_transaction_read_only")

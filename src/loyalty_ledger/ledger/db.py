@@ -14,6 +14,7 @@ import contextlib
 import contextvars
 import logging
 import random
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,6 +26,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from loyalty_ledger.domain.errors import ResourceExhausted, Unavailable
+from loyalty_ledger.ledger.sqlite_inline import inline_creator
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +59,16 @@ def ensure_sqlite_folder(url: str) -> None:
 
 def _sqlite_engine(url: str, *, write: bool, busy_timeout_ms: int) -> AsyncEngine:
     ensure_sqlite_folder(url)
-    engine = create_async_engine(
-        url,
-        pool_size=1 if write else SQLITE_READ_POOL_SIZE,
-        max_overflow=0 if write else SQLITE_READ_MAX_OVERFLOW,
-    )
+    if write:
+        # The writer's own thread calls sqlite3 in place (sqlite_inline.py).
+        path = make_url(url).database or ":memory:"
+        engine = create_async_engine(
+            url, pool_size=1, max_overflow=0, async_creator=inline_creator(path)
+        )
+    else:
+        engine = create_async_engine(
+            url, pool_size=SQLITE_READ_POOL_SIZE, max_overflow=SQLITE_READ_MAX_OVERFLOW
+        )
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -91,60 +98,194 @@ def _sqlite_engine(url: str, *, write: bool, busy_timeout_ms: int) -> AsyncEngin
     return engine
 
 
+class _Write:
+    """One job handed to the writer, with the caller's loop, future and context."""
+
+    __slots__ = ("context", "future", "job", "loop")
+
+    def __init__(
+        self, job: Job[Any], future: asyncio.Future[Any], loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.job = job
+        self.future = future
+        self.loop = loop
+        self.context = contextvars.copy_context()  # the caller's request id and trace
+
+    def settle(self, outcome: Any, *, failed: bool) -> None:
+        """Hand the outcome to the caller's loop (the writer runs on a thread of its own)."""
+        self.loop.call_soon_threadsafe(_settle, self.future, outcome, failed)
+
+
+def _settle(future: asyncio.Future[Any], outcome: Any, failed: bool) -> None:
+    if future.done():
+        return  # the caller gave up; the job's work stands (or was rolled back) regardless
+    if failed:
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
 class SingleWriter:
-    """Runs write jobs one at a time on one connection, in arrival order."""
+    """Runs write jobs one at a time on one connection, in arrival order, with group commit.
 
-    def __init__(self, engine: AsyncEngine, queue_max: int) -> None:
-        self._engine = engine
-        self._queue: asyncio.Queue[tuple[Job[Any], asyncio.Future[Any]]] = asyncio.Queue(
-            maxsize=queue_max
-        )
+    The writer has a thread and an event loop of its own, and its connection calls `sqlite3`
+    in place (sqlite_inline.py): a job's statements cost no thread round trips, and waiting
+    on the disk there holds up no RPC. Jobs that queue up while a transaction is under way
+    are committed together: one `BEGIN IMMEDIATE`, a SAVEPOINT per job (a failing job rolls
+    back only its own work), one COMMIT (one fsync); only then is each caller answered. If
+    the shared transaction itself fails (the disk fills at COMMIT, say), each of its jobs
+    runs again alone, so one job's trouble never fails another's call.
+    """
+
+    def __init__(
+        self, make_engine: Callable[[], AsyncEngine], queue_max: int, batch_max: int = 64
+    ) -> None:
+        self._make_engine = make_engine
+        self.queue_max = queue_max
+        self.batch_max = batch_max
+        self._pending = 0  # submitted and not yet answered (only touched on the callers' loop)
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue[_Write] | None = None
+        self._engine: AsyncEngine | None = None
         self._task: asyncio.Task[None] | None = None
+        self.commits = 0  # transactions committed, each answering one batch
+        self.jobs_committed = 0  # jobs answered after those commits (failed ones included)
 
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="sqlite-writer")
+    async def start(self) -> None:
+        if self._thread is not None:
+            return
+        ready = threading.Event()
+        self._thread = threading.Thread(
+            target=self._thread_main, args=(ready,), name="sqlite-writer", daemon=True
+        )
+        self._thread.start()
+        await asyncio.to_thread(ready.wait)
+
+    def _thread_main(self, ready: threading.Event) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        self._queue = asyncio.Queue()
+        self._engine = engine = self._make_engine()
+        self._task = loop.create_task(self._run(), name="sqlite-writer")
+        self._loop = loop
+        ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(engine.dispose())
+            loop.close()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        self._loop = None  # new writes are refused from here on
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._drain(), loop))
+        loop.call_soon_threadsafe(loop.stop)
+        await asyncio.to_thread(thread.join)
+        self._thread = None
+
+    async def _drain(self) -> None:
+        """(Writer thread) End the transaction under way and fail every queued job."""
+        assert self._task is not None and self._queue is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
         while not self._queue.empty():
-            _, future = self._queue.get_nowait()
-            if not future.done():
-                future.set_exception(Unavailable("the server is shutting down"))
+            self._queue.get_nowait().settle(Unavailable("the server is shutting down"), failed=True)
 
     async def submit(self, job: Job[T]) -> T:
-        if self._task is None:
+        loop, queue = self._loop, self._queue
+        if loop is None or queue is None:
             raise Unavailable("the writer is not running")
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        try:
-            self._queue.put_nowait((job, future))
-        except asyncio.QueueFull:
+        if self._pending >= self.queue_max:
             raise ResourceExhausted(
-                f"more than {self._queue.maxsize} writes in flight; retry shortly",
+                f"more than {self.queue_max} writes in flight; retry shortly",
                 reason="WRITE_QUEUE_FULL",
-            ) from None
-        return await future
+            )
+        caller = asyncio.get_running_loop()
+        write = _Write(job, caller.create_future(), caller)
+        self._pending += 1
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, write)
+            return await write.future  # type: ignore[no-any-return]
+        finally:
+            self._pending -= 1
+
+    async def run_outside_transaction(self, statement: str) -> None:
+        """Run one statement on the write connection outside any transaction (a PRAGMA that
+        must not wait for BEGIN IMMEDIATE, such as lifting `query_only`)."""
+        loop = self._loop
+        if loop is None or self._engine is None:
+            raise Unavailable("the writer is not running")
+        engine = self._engine
+
+        async def run() -> None:
+            async with engine.connect() as conn:
+                raw = await conn.get_raw_connection()
+                await raw.driver_connection.execute(statement)  # type: ignore[union-attr]
+
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(run(), loop))
 
     async def _run(self) -> None:
+        """(Writer thread) Take whatever has queued up, up to `batch_max`, as one batch."""
+        assert self._queue is not None
         while True:
-            job, future = await self._queue.get()
-            if future.cancelled():
-                continue  # the caller gave up before we started: nothing was done
-            try:
-                async with self._engine.begin() as conn:
-                    result = await job(conn)
-            except Exception as exc:  # handed to the caller, never lost
-                if not future.done():
-                    future.set_exception(_storage_error(exc))
-            else:
-                if not future.done():
-                    future.set_result(result)
+            batch = [await self._queue.get()]
+            while len(batch) < self.batch_max and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            live = [write for write in batch if not write.future.cancelled()]
+            if live:  # a job whose caller gave up before it started is never run
+                await self._commit(live)
+
+    async def _commit(self, batch: list[_Write]) -> None:
+        """(Writer thread) Run `batch` in one transaction; answer each job after COMMIT."""
+        assert self._engine is not None
+        outcomes: list[tuple[Any, bool]] = []
+        try:
+            async with self._engine.begin() as conn:
+                if len(batch) == 1:  # alone: any failure rolls the whole transaction back
+                    outcomes.append((await _in_context(conn, batch[0]), False))
+                else:
+                    for write in batch:
+                        outcomes.append(await _in_savepoint(conn, write))
+        except asyncio.CancelledError:
+            for write in batch:
+                write.settle(Unavailable("the server is shutting down"), failed=True)
+            raise
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0].settle(_storage_error(exc), failed=True)
+                return
+            log.warning("a group commit of %d writes failed (%s); each runs alone", len(batch), exc)
+            for write in batch:
+                await self._commit([write])
+            return
+        self.commits += 1
+        self.jobs_committed += len(batch)
+        for write, (outcome, failed) in zip(batch, outcomes, strict=True):
+            write.settle(outcome, failed=failed)
+
+
+async def _in_context(conn: AsyncConnection, write: _Write) -> Any:
+    """Run a job as a task in its caller's context (log lines keep the request id)."""
+
+    async def run() -> Any:
+        return await write.job(conn)
+
+    return await asyncio.get_running_loop().create_task(run(), context=write.context)
+
+
+async def _in_savepoint(conn: AsyncConnection, write: _Write) -> tuple[Any, bool]:
+    """Run a job of a shared transaction in its own SAVEPOINT: (result or error, failed)."""
+    try:
+        async with conn.begin_nested():
+            return await _in_context(conn, write), False
+    except DBAPIError:
+        raise  # the shared transaction may be broken: the batch runs again job by job
+    except Exception as error:  # the job's own refusal, for its caller alone
+        return error, True
 
 
 # PostgreSQL: read_only_sql_transaction, and class 53 (insufficient resources: disk full,
@@ -233,10 +374,10 @@ class Database:
             self.read_engine = _sqlite_engine(
                 url, write=False, busy_timeout_ms=sqlite_busy_timeout_ms
             )
-            self.write_engine = _sqlite_engine(
-                url, write=True, busy_timeout_ms=sqlite_busy_timeout_ms
+            self._writer = SingleWriter(
+                lambda: _sqlite_engine(url, write=True, busy_timeout_ms=sqlite_busy_timeout_ms),
+                writer_queue_max,
             )
-            self._writer = SingleWriter(self.write_engine, writer_queue_max)
             self._gate = PoolGate(SQLITE_READ_POOL_SIZE + SQLITE_READ_MAX_OVERFLOW)  # reads
         else:
             self.write_engine = create_async_engine(
@@ -251,14 +392,20 @@ class Database:
 
     async def start(self) -> None:
         if self._writer is not None:
-            self._writer.start()
+            await self._writer.start()
 
     async def close(self) -> None:
         if self._writer is not None:
-            await self._writer.stop()
-        await self.write_engine.dispose()
-        if self.read_engine is not self.write_engine:
-            await self.read_engine.dispose()
+            await self._writer.stop()  # disposes of its own engine, on its own thread
+        else:
+            await self.write_engine.dispose()
+        await self.read_engine.dispose()
+
+    async def sqlite_writer_statement(self, statement: str) -> None:
+        """SQLite: run one statement on the write connection outside a transaction."""
+        if self._writer is None:
+            raise ValueError("only a SQLite database has a single writer")
+        await self._writer.run_outside_transaction(statement)
 
     async def read(self, job: Job[T]) -> T:
         async with self._gate.slot(), self.read_engine.connect() as conn:

@@ -1,0 +1,172 @@
+"""The SQLite single writer: group commit with a savepoint per job, answers after COMMIT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from loyalty_ledger.domain.errors import ResourceExhausted, Unavailable
+from loyalty_ledger.ledger.db import Database, SingleWriter
+
+CALLER = contextvars.ContextVar("CALLER", default="")
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'writer.db'}", writer_queue_max=50)
+    await database.start()
+
+    async def schema(conn: AsyncConnection) -> None:
+        await conn.execute(text("CREATE TABLE notes (id INTEGER PRIMARY KEY, note TEXT)"))
+
+    await database.write(schema)
+    yield database
+    await database.close()
+
+
+def writer(db: Database) -> SingleWriter:
+    assert db._writer is not None
+    return db._writer
+
+
+def insert(note_id: int, *, fail_after: bool = False):  # type: ignore[no-untyped-def]
+    async def job(conn: AsyncConnection) -> str:
+        await conn.execute(
+            text("INSERT INTO notes (id, note) VALUES (:id, :note)"),
+            {"id": note_id, "note": CALLER.get()},
+        )
+        if fail_after:
+            raise ValueError(f"job {note_id} refuses after writing")
+        return f"done {note_id}"
+
+    return job
+
+
+async def notes(db: Database) -> dict[int, str]:
+    async def job(conn: AsyncConnection) -> dict[int, str]:
+        rows = (await conn.execute(text("SELECT id, note FROM notes ORDER BY id"))).all()
+        return {row.id: row.note for row in rows}
+
+    return await db.read(job)
+
+
+async def hold_writer(db: Database) -> tuple[threading.Event, asyncio.Task[object]]:
+    """Occupy the writer with one job until the returned event is set, so later jobs queue up."""
+    release, started = threading.Event(), threading.Event()
+
+    async def blocker(conn: AsyncConnection) -> None:
+        started.set()
+        await asyncio.to_thread(release.wait)  # yields the writer's loop, holds its transaction
+
+    task = asyncio.create_task(db.write(blocker))
+    await asyncio.to_thread(started.wait)
+    return release, task
+
+
+async def submit_all(db: Database, jobs: dict[int, object]) -> list[object]:
+    async def one(note_id: int, job: object) -> object:
+        CALLER.set(f"caller {note_id}")
+        return await db.write(job)  # type: ignore[arg-type]
+
+    return await asyncio.gather(*(one(i, job) for i, job in jobs.items()), return_exceptions=True)
+
+
+async def test_jobs_queued_together_commit_together_and_a_refusal_spoils_only_itself(
+    db: Database,
+) -> None:
+    release, blocker = await hold_writer(db)
+    commits_before = writer(db).commits
+    pending = asyncio.create_task(
+        submit_all(db, {i: insert(i, fail_after=(i == 3)) for i in range(1, 7)})
+    )
+    await asyncio.sleep(0.1)  # all six are queued behind the blocker
+    assert not pending.done()
+    release.set()
+    results = await pending
+    await blocker
+
+    assert results[:2] == ["done 1", "done 2"] and results[3:] == ["done 4", "done 5", "done 6"]
+    assert isinstance(results[2], ValueError)
+    # Job 3's row was rolled back to its savepoint; every other row is there, once, written
+    # in its caller's context.
+    assert await notes(db) == {i: f"caller {i}" for i in (1, 2, 4, 5, 6)}
+    # The blocker's transaction, then one transaction for the six queued jobs.
+    assert writer(db).commits - commits_before == 2
+
+
+async def test_a_database_error_in_a_batch_reruns_its_jobs_one_by_one(db: Database) -> None:
+    await db.write(insert(100))
+    release, blocker = await hold_writer(db)
+    commits_before = writer(db).commits
+    pending = asyncio.create_task(submit_all(db, {1: insert(1), 100: insert(100), 2: insert(2)}))
+    await asyncio.sleep(0.1)
+    release.set()
+    results = await pending
+    await blocker
+
+    assert results[0] == "done 1" and results[2] == "done 2"
+    assert isinstance(results[1], IntegrityError)  # the duplicate, and only it, is refused
+    assert await notes(db) == {1: "caller 1", 2: "caller 2", 100: ""}
+    # blocker + the three jobs again, one transaction each (the failed one commits nothing).
+    assert writer(db).commits - commits_before == 1 + 2
+
+
+async def test_an_answer_comes_only_after_commit(db: Database) -> None:
+    for i in range(20):
+        assert await db.write(insert(i)) == f"done {i}"
+        assert i in await notes(db)  # a separate reader connection sees it at once
+
+
+async def test_a_caller_that_gave_up_before_its_turn_is_never_run(db: Database) -> None:
+    release, blocker = await hold_writer(db)
+    abandoned = asyncio.create_task(db.write(insert(7)))
+    await asyncio.sleep(0.05)
+    abandoned.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await abandoned
+    release.set()
+    await blocker
+    await db.write(insert(8))
+    assert await notes(db) == {8: ""}
+
+
+async def test_more_writes_in_flight_than_the_queue_allows_are_refused(db: Database) -> None:
+    release, blocker = await hold_writer(db)
+    queued = [asyncio.create_task(db.write(insert(i))) for i in range(49)]  # 49 + blocker
+    await asyncio.sleep(0.05)
+    with pytest.raises(ResourceExhausted) as refused:
+        await db.write(insert(1000))
+    assert refused.value.reason == "WRITE_QUEUE_FULL"
+    release.set()
+    await blocker
+    await asyncio.gather(*queued)
+    assert len(await notes(db)) == 49
+
+
+async def test_stopping_fails_queued_writes_with_unavailable(tmp_path: Path) -> None:
+    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'stop.db'}")
+    await database.start()
+    await database.write(
+        lambda conn: conn.execute(text("CREATE TABLE notes (id INTEGER PRIMARY KEY, note TEXT)"))
+    )
+    release, blocker = await hold_writer(database)
+    queued = asyncio.create_task(database.write(insert(1)))
+    await asyncio.sleep(0.05)
+    closing = asyncio.create_task(database.close())
+    await asyncio.sleep(0.05)
+    release.set()
+    with pytest.raises(Unavailable):
+        await queued
+    with pytest.raises(Unavailable):
+        await blocker
+    await closing
+    with pytest.raises(Unavailable):
+        await database.write(insert(2))
