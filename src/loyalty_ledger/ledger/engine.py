@@ -245,7 +245,9 @@ class PostingTx(Reader):
         txns, txn_rows, posting_rows, allocation_rows, event_rows = [], [], [], [], []
         for journal in journals:
             if journal.type in _TIER_ACTIVITY and journal.wallet_id is not None:
-                self.tier_activity.add(journal.wallet_id)
+                scheme = self.schemes_read.get(journal.scheme_id)
+                if scheme is None or scheme.tier_program is not None:  # else: no tiers to move
+                    self.tier_activity.add(journal.wallet_id)
             totals: dict[str, int] = defaultdict(int)
             for posting in journal.postings:
                 totals[posting.asset] += posting.amount

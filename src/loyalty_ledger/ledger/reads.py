@@ -60,6 +60,7 @@ class Reader:
     def __init__(self, conn: AsyncConnection, now_us: int) -> None:
         self.conn = conn
         self.now_us = now_us
+        self.schemes_read: dict[str, SchemeRecord] = {}  # by id, as `find_scheme` found them
 
     # -- schemes -----------------------------------------------------------------------
 
@@ -79,7 +80,9 @@ class Reader:
         if row is None:
             return None
         assets = await self._scheme_assets([scheme_id])
-        return SchemeRecord.from_row(row, dict(sorted(assets[scheme_id].items())))
+        scheme = SchemeRecord.from_row(row, dict(sorted(assets[scheme_id].items())))
+        self.schemes_read[scheme_id] = scheme
+        return scheme
 
     async def get_scheme(self, scheme_id: str) -> SchemeRecord:
         scheme = await self.find_scheme(scheme_id)

@@ -188,7 +188,8 @@ async def submit_event(
     posted = await _post(
         tx, scheme, wallet, event, evaluation, settings, periods, reference, event_id
     )
-    tx.tier_activity.add(wallet.id)  # a purchase counts towards a SPEND tier programme
+    if scheme.tier_program is not None:
+        tx.tier_activity.add(wallet.id)  # a purchase counts towards a SPEND tier programme
     if referrer is not None:
         posted += await _reward_referrer(tx, wallet, referrer, event, reference, decode, event_id)
     return event_id, posted
