@@ -6,6 +6,7 @@ chunk under way and resume at the next start. (Streams ending with UNAVAILABLE: 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -57,7 +58,8 @@ class _ThreadEvent:
             self._is_set = True
             waiters, self._waiters = self._waiters, []
         for loop, event in waiters:
-            loop.call_soon_threadsafe(event.set)
+            with contextlib.suppress(RuntimeError):  # that waiter's loop has closed meanwhile
+                loop.call_soon_threadsafe(event.set)
 
     async def wait(self) -> None:
         event = asyncio.Event()

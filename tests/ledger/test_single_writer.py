@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from loyalty_ledger.domain.errors import ResourceExhausted, Unavailable
 from loyalty_ledger.ledger.db import Database, SingleWriter
 
 CALLER = contextvars.ContextVar("CALLER", default="")
+NOTES = text("CREATE TABLE notes (id INTEGER PRIMARY KEY, note TEXT)")
 
 
 @pytest.fixture
@@ -25,7 +28,7 @@ async def db(tmp_path: Path) -> AsyncIterator[Database]:
     await database.start()
 
     async def schema(conn: AsyncConnection) -> None:
-        await conn.execute(text("CREATE TABLE notes (id INTEGER PRIMARY KEY, note TEXT)"))
+        await conn.execute(NOTES)
 
     await database.write(schema)
     yield database
@@ -145,6 +148,7 @@ async def test_more_writes_in_flight_than_the_queue_allows_are_refused(db: Datab
     with pytest.raises(ResourceExhausted) as refused:
         await db.write(insert(1000))
     assert refused.value.reason == "WRITE_QUEUE_FULL"
+    assert refused.value.metadata["limit"] == "LOYALTY_WRITER_QUEUE_MAX"
     release.set()
     await blocker
     await asyncio.gather(*queued)
@@ -154,9 +158,7 @@ async def test_more_writes_in_flight_than_the_queue_allows_are_refused(db: Datab
 async def test_stopping_fails_queued_writes_with_unavailable(tmp_path: Path) -> None:
     database = Database(f"sqlite+aiosqlite:///{tmp_path / 'stop.db'}")
     await database.start()
-    await database.write(
-        lambda conn: conn.execute(text("CREATE TABLE notes (id INTEGER PRIMARY KEY, note TEXT)"))
-    )
+    await database.write(lambda conn: conn.execute(NOTES))
     release, blocker = await hold_writer(database)
     queued = asyncio.create_task(database.write(insert(1)))
     await asyncio.sleep(0.05)
@@ -170,3 +172,32 @@ async def test_stopping_fails_queued_writes_with_unavailable(tmp_path: Path) -> 
     await closing
     with pytest.raises(Unavailable):
         await database.write(insert(2))
+
+
+async def test_a_write_lock_held_elsewhere_past_the_busy_timeout_is_unavailable(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "busy.db"
+    database = Database(f"sqlite+aiosqlite:///{path}", sqlite_busy_timeout_ms=300)
+    await database.start()
+    try:
+        await database.write(lambda conn: conn.execute(NOTES))
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another process's writer, holding the lock
+        try:
+            started = time.monotonic()
+            results = await asyncio.gather(
+                *(database.write(insert(i)) for i in range(3)), return_exceptions=True
+            )
+            took = time.monotonic() - started
+        finally:
+            other.rollback()
+            other.close()
+        assert all(isinstance(r, Unavailable) and r.reason == "DATABASE_BUSY" for r in results)
+        # At most two transactions that never began (the first job may start alone): a batch
+        # that cannot begin fails as one instead of waiting again for each of its jobs.
+        assert took < 1.0, took
+        await database.write(insert(9))  # the lock is free again: writes go through
+        assert await notes(database) == {9: ""}
+    finally:
+        await database.close()

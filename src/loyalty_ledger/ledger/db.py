@@ -15,7 +15,7 @@ import contextvars
 import logging
 import random
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,9 +37,15 @@ Job = Callable[[AsyncConnection], Awaitable[T]]
 _RETRYABLE_SQLSTATES = {"40001", "40P01"}
 
 
-# SQLite read connections: a pool of 5 plus 5 overflow (the writer has its own one).
+# SQLite reads run on SQLITE_READ_THREADS threads with inline connections (ReaderPool), at
+# most SQLITE_READ_POOL_SIZE + SQLITE_READ_MAX_OVERFLOW at once (PoolGate); the aiosqlite
+# pool of that size only serves other uses (the readiness check).
 SQLITE_READ_POOL_SIZE = 5
 SQLITE_READ_MAX_OVERFLOW = 5
+SQLITE_READ_THREADS = 4
+SQLITE_READ_CONNECTIONS_PER_THREAD = 3
+# At shutdown, how long reads under way may take before they are cancelled.
+READ_STOP_GRACE_S = 0.5
 # SQLite page cache of the write connection (readers keep 8 MiB each).
 SQLITE_WRITER_CACHE_KIB = 262_144
 # WAL pages before an automatic checkpoint (SQLite's default is 1,000: 4 MiB).
@@ -57,13 +63,16 @@ def ensure_sqlite_folder(url: str) -> None:
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
 
 
-def _sqlite_engine(url: str, *, write: bool, busy_timeout_ms: int) -> AsyncEngine:
+def _sqlite_engine(
+    url: str, *, write: bool, busy_timeout_ms: int, inline_pool: int = 0
+) -> AsyncEngine:
+    """A SQLite engine. With `inline_pool` connections, it calls sqlite3 in place
+    (sqlite_inline.py) and must only be used on the thread that made it (`LoopThread`)."""
     ensure_sqlite_folder(url)
-    if write:
-        # The writer's own thread calls sqlite3 in place (sqlite_inline.py).
+    if inline_pool:
         path = make_url(url).database or ":memory:"
         engine = create_async_engine(
-            url, pool_size=1, max_overflow=0, async_creator=inline_creator(path)
+            url, pool_size=inline_pool, max_overflow=0, async_creator=inline_creator(path)
         )
     else:
         engine = create_async_engine(
@@ -96,6 +105,117 @@ def _sqlite_engine(url: str, *, write: bool, busy_timeout_ms: int) -> AsyncEngin
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
     return engine
+
+
+class LoopThread:
+    """A thread running an event loop of its own, with a SQLite engine made (and only used)
+    there. Blocking on the database in it holds up nothing but that loop."""
+
+    def __init__(self, name: str, make_engine: Callable[[], AsyncEngine]) -> None:
+        self.name = name
+        self._make_engine = make_engine
+        self._thread: threading.Thread | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None  # None: not (or no longer) running
+        self.engine: AsyncEngine | None = None
+
+    async def start(self, on_start: Callable[[], None] | None = None) -> None:
+        """Start the thread; `on_start` runs on it before its loop does."""
+        if self._thread is not None:
+            return
+        ready = threading.Event()
+        self._thread = threading.Thread(
+            target=self._main, args=(ready, on_start), name=self.name, daemon=True
+        )
+        self._thread.start()
+        await asyncio.to_thread(ready.wait)
+
+    def _main(self, ready: threading.Event, on_start: Callable[[], None] | None) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        self.engine = engine = self._make_engine()
+        if on_start is not None:
+            on_start()
+        self.loop = loop
+        ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(engine.dispose())
+            loop.close()
+
+    async def stop(self, last: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run `last` on the thread's loop (it ends the work under way), then stop."""
+        loop, thread = self.loop, self._thread
+        if loop is None or thread is None:
+            return
+        self.loop = None  # new work is refused from here on
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(last(), loop))
+        loop.call_soon_threadsafe(loop.stop)
+        await asyncio.to_thread(thread.join)
+        self._thread = None
+
+
+class ReaderPool:
+    """SQLite reads on threads of their own, each with inline connections (no thread hop
+    per statement). A read goes to the thread with the fewest reads under way, runs in its
+    caller's context, and is cancelled with its caller."""
+
+    def __init__(self, make_engine: Callable[[], AsyncEngine], threads: int) -> None:
+        self._threads = [LoopThread(f"sqlite-reader-{i}", make_engine) for i in range(threads)]
+        self._reading = [0] * threads  # reads under way per thread (callers' loop only)
+
+    @property
+    def running(self) -> bool:
+        return all(thread.loop is not None for thread in self._threads)
+
+    async def start(self) -> None:
+        for thread in self._threads:
+            await thread.start()
+
+    async def stop(self) -> None:
+        for thread in self._threads:
+            await thread.stop(_stop_reads)
+
+    async def read(self, job: Job[T]) -> T:
+        index = min(range(len(self._threads)), key=self._reading.__getitem__)
+        thread = self._threads[index]
+        loop, engine = thread.loop, thread.engine
+        if loop is None or engine is None:
+            raise Unavailable("the server is shutting down")
+
+        async def run() -> T:
+            async with engine.connect() as conn:
+                result = await job(conn)
+                await conn.rollback()
+                return result
+
+        self._reading[index] += 1
+        try:
+            # The task is created in a copy of this context (request id, trace), and
+            # cancelling this call cancels it.
+            return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(run(), loop))
+        finally:
+            self._reading[index] -= 1
+
+
+async def _stop_reads() -> None:
+    """(On a reader thread) Reads under way get a moment to end, then are cancelled."""
+    await _finish_other_tasks(grace_s=READ_STOP_GRACE_S)
+
+
+async def _finish_other_tasks(grace_s: float) -> None:
+    """(On a LoopThread) Let the loop's other tasks end, cancelling those still running after
+    `grace_s`, and wait until none is left. Tasks that start meanwhile (SQLAlchemy closes a
+    connection in a shielded task of its own when a read is cancelled) are waited for, never
+    cancelled, so every connection is back in its pool before the engine is disposed of."""
+    current = asyncio.current_task()
+    others = [task for task in asyncio.all_tasks() if task is not current]
+    if others:
+        await asyncio.wait(others, timeout=grace_s)
+    for task in others:
+        task.cancel()
+    while remaining := [task for task in asyncio.all_tasks() if task is not current]:
+        await asyncio.wait(remaining)
 
 
 class _Write:
@@ -140,69 +260,45 @@ class SingleWriter:
     def __init__(
         self, make_engine: Callable[[], AsyncEngine], queue_max: int, batch_max: int = 64
     ) -> None:
-        self._make_engine = make_engine
+        self._thread = LoopThread("sqlite-writer", make_engine)
         self.queue_max = queue_max
         self.batch_max = batch_max
         self._pending = 0  # submitted and not yet answered (only touched on the callers' loop)
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[_Write] | None = None
-        self._engine: AsyncEngine | None = None
         self._task: asyncio.Task[None] | None = None
         self.commits = 0  # transactions committed, each answering one batch
         self.jobs_committed = 0  # jobs answered after those commits (failed ones included)
 
     async def start(self) -> None:
-        if self._thread is not None:
-            return
-        ready = threading.Event()
-        self._thread = threading.Thread(
-            target=self._thread_main, args=(ready,), name="sqlite-writer", daemon=True
-        )
-        self._thread.start()
-        await asyncio.to_thread(ready.wait)
+        await self._thread.start(self._on_thread_start)
 
-    def _thread_main(self, ready: threading.Event) -> None:
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
+    def _on_thread_start(self) -> None:
+        """(Writer thread, before its loop runs) The queue and the batch loop."""
         self._queue = asyncio.Queue()
-        self._engine = engine = self._make_engine()
-        self._task = loop.create_task(self._run(), name="sqlite-writer")
-        self._loop = loop
-        ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            loop.run_until_complete(engine.dispose())
-            loop.close()
+        self._task = asyncio.get_event_loop().create_task(self._run(), name="sqlite-writer")
 
     async def stop(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        self._loop = None  # new writes are refused from here on
-        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._drain(), loop))
-        loop.call_soon_threadsafe(loop.stop)
-        await asyncio.to_thread(thread.join)
-        self._thread = None
+        await self._thread.stop(self._drain)
 
     async def _drain(self) -> None:
         """(Writer thread) End the transaction under way and fail every queued job."""
-        assert self._task is not None and self._queue is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        assert self._queue is not None and self._task is not None
+        self._task.cancel()  # the batch loop, and with it the job under way
+        await _finish_other_tasks(grace_s=0)
         while not self._queue.empty():
             self._queue.get_nowait().settle(Unavailable("the server is shutting down"), failed=True)
 
     async def submit(self, job: Job[T]) -> T:
-        loop, queue = self._loop, self._queue
+        loop, queue = self._thread.loop, self._queue
         if loop is None or queue is None:
             raise Unavailable("the writer is not running")
         if self._pending >= self.queue_max:
             raise ResourceExhausted(
                 f"more than {self.queue_max} writes in flight; retry shortly",
                 reason="WRITE_QUEUE_FULL",
+                limit="LOYALTY_WRITER_QUEUE_MAX",
+                limit_value=self.queue_max,
+                subject="server",
             )
         caller = asyncio.get_running_loop()
         write = _Write(job, caller.create_future(), caller)
@@ -216,10 +312,9 @@ class SingleWriter:
     async def run_outside_transaction(self, statement: str) -> None:
         """Run one statement on the write connection outside any transaction (a PRAGMA that
         must not wait for BEGIN IMMEDIATE, such as lifting `query_only`)."""
-        loop = self._loop
-        if loop is None or self._engine is None:
+        loop, engine = self._thread.loop, self._thread.engine
+        if loop is None or engine is None:
             raise Unavailable("the writer is not running")
-        engine = self._engine
 
         async def run() -> None:
             async with engine.connect() as conn:
@@ -241,10 +336,12 @@ class SingleWriter:
 
     async def _commit(self, batch: list[_Write]) -> None:
         """(Writer thread) Run `batch` in one transaction; answer each job after COMMIT."""
-        assert self._engine is not None
+        assert self._thread.engine is not None
         outcomes: list[tuple[Any, bool]] = []
+        began = False
         try:
-            async with self._engine.begin() as conn:
+            async with self._thread.engine.begin() as conn:
+                began = True
                 if len(batch) == 1:  # alone: any failure rolls the whole transaction back
                     outcomes.append((await _in_context(conn, batch[0]), False))
                 else:
@@ -255,8 +352,10 @@ class SingleWriter:
                 write.settle(Unavailable("the server is shutting down"), failed=True)
             raise
         except Exception as exc:
-            if len(batch) == 1:
-                batch[0].settle(_storage_error(exc), failed=True)
+            if len(batch) == 1 or not began:  # not begun (say the lock never came): no job ran
+                error = _storage_error(exc)
+                for write in batch:
+                    write.settle(error, failed=True)
                 return
             log.warning("a group commit of %d writes failed (%s); each runs alone", len(batch), exc)
             for write in batch:
@@ -302,6 +401,12 @@ def _storage_error(exc: Exception) -> Exception:
     if isinstance(exc, OperationalError):
         text = str(exc.orig) if exc.orig is not None else str(exc)
         lowered = text.lower()
+        if "database is locked" in lowered:  # another process held the write lock too long
+            log.warning("SQLite write lock not granted within the busy timeout: %s", text)
+            return Unavailable(
+                "another process kept the database locked; retry with the same request_id",
+                reason="DATABASE_BUSY",
+            )
         if (
             "readonly" in lowered
             or "read-only" in lowered
@@ -375,8 +480,19 @@ class Database:
                 url, write=False, busy_timeout_ms=sqlite_busy_timeout_ms
             )
             self._writer = SingleWriter(
-                lambda: _sqlite_engine(url, write=True, busy_timeout_ms=sqlite_busy_timeout_ms),
+                lambda: _sqlite_engine(
+                    url, write=True, busy_timeout_ms=sqlite_busy_timeout_ms, inline_pool=1
+                ),
                 writer_queue_max,
+            )
+            self._readers: ReaderPool | None = ReaderPool(
+                lambda: _sqlite_engine(
+                    url,
+                    write=False,
+                    busy_timeout_ms=sqlite_busy_timeout_ms,
+                    inline_pool=SQLITE_READ_CONNECTIONS_PER_THREAD,
+                ),
+                SQLITE_READ_THREADS,
             )
             self._gate = PoolGate(SQLITE_READ_POOL_SIZE + SQLITE_READ_MAX_OVERFLOW)  # reads
         else:
@@ -389,12 +505,17 @@ class Database:
             )
             self.read_engine = self.write_engine
             self._gate = PoolGate(pg_pool_size + pg_max_overflow)  # reads and writes
+            self._readers = None
 
     async def start(self) -> None:
         if self._writer is not None:
             await self._writer.start()
+        if self._readers is not None:
+            await self._readers.start()
 
     async def close(self) -> None:
+        if self._readers is not None:
+            await self._readers.stop()
         if self._writer is not None:
             await self._writer.stop()  # disposes of its own engine, on its own thread
         else:
@@ -408,6 +529,10 @@ class Database:
         await self._writer.run_outside_transaction(statement)
 
     async def read(self, job: Job[T]) -> T:
+        if self._readers is not None and self._readers.running:
+            async with self._gate.slot():
+                return await self._readers.read(job)
+        # PostgreSQL, or SQLite before `start` (a one-off read, as tools and tests do).
         async with self._gate.slot(), self.read_engine.connect() as conn:
             if not self.is_sqlite:
                 # One snapshot for every statement of the read (SQLite readers have one anyway).
