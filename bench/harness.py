@@ -219,6 +219,8 @@ def ledger_env(url: str, cfg: Config, **extra: str) -> dict[str, str]:
         LOYALTY_ADMIN_KEY=cfg.admin_key,
         LOYALTY_METRICS_PORT="0",  # several servers at once must not fight over one port
         LOYALTY_SHUTDOWN_GRACE_SECONDS="1",  # open streams must not hold the next scenario up
+        # (f) opens every stream with the one admin key (the default allows 100 per key).
+        LOYALTY_STREAMS_PER_KEY_MAX=str(max(100, cfg.subscribers + 10)),
     )
     if cfg.src:  # a snapshot of a commit comes before the editable install of the worktree
         env["PYTHONPATH"] = f"{cfg.src}/src:{cfg.src}/generated"
