@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import TypeAlias
 
@@ -48,6 +49,25 @@ def watch_filter(request: expiry_pb2.WatchExpirationsRequest) -> WatchFilter:
     return WatchFilter(request.scheme_id, frozenset(request.wallet_ids), frozenset(types))
 
 
+# Responses built lately, by outbox sequence: an event that fans out to many streams is
+# converted once, not once per subscriber (that was most of the server's CPU per delivery).
+RESPONSES_SHARED_MAX = 4_096
+_responses: OrderedDict[int, tuple[str, expiry_pb2.WatchExpirationsResponse]] = OrderedDict()
+
+
+def event_response(event: StoredEvent) -> expiry_pb2.WatchExpirationsResponse:
+    """The stream message of `event`, shared by every stream that delivers it (streams
+    only serialize it, never change it)."""
+    cached = _responses.get(event.seq)
+    if cached is not None and cached[0] == event.event_id:
+        return cached[1]
+    response = expiry_pb2.WatchExpirationsResponse(event=event_to_proto(event))
+    _responses[event.seq] = (event.event_id, response)
+    if len(_responses) > RESPONSES_SHARED_MAX:
+        _responses.popitem(last=False)
+    return response
+
+
 def event_to_proto(event: StoredEvent) -> expiry_pb2.ExpirationEvent:
     """An outbox row of the expiration stream (payload of `outbox.expiration_row`) as proto."""
     payload = event.payload
@@ -90,7 +110,7 @@ async def watch_expirations(
                         )
                     )
                 else:
-                    yield expiry_pb2.WatchExpirationsResponse(event=event_to_proto(item))
+                    yield event_response(item)
     except grpc.aio.AbortError:
         raise
     except Exception as error:
