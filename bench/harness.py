@@ -639,7 +639,13 @@ class Bench:
             # Migrate, then seed with the server down (seeding is not what is measured).
             # No schedule: the run under test is the one RunExpiry starts.
             context = ledger_server(
-                f"expiry-{backend}", url, cfg, self.folder, LOYALTY_SCHEDULER="false"
+                f"expiry-{backend}",
+                url,
+                cfg,
+                self.folder,
+                LOYALTY_SCHEDULER="false",
+                # RunExpiry answers when the run ends: millions of lots take minutes.
+                LOYALTY_UNARY_SECONDS_MAX="3600",
             )
             seed_lots(url, cfg, with_scheme=True)
         else:  # the smoke test: the scheme exists, the server runs (without its schedule)
