@@ -231,9 +231,15 @@ class App:
 
     async def _become_ready(self) -> None:
         # Polling is the point: the database may be migrated by another process.
-        while not await self.is_ready():  # noqa: ASYNC110
-            await asyncio.sleep(READINESS_POLL_SECONDS)
-        await self._admin_key()
+        while True:
+            while not await self.is_ready():  # noqa: ASYNC110
+                await asyncio.sleep(READINESS_POLL_SECONDS)
+            try:
+                await self._admin_key()
+                break
+            except Exception:  # the server must not stay NOT_SERVING for good without a word
+                log.exception("cannot set up the admin API key yet; retrying")
+                await asyncio.sleep(READINESS_POLL_SECONDS)
         await self._set_serving(True)
         self.serving.set()
         log.info("database reachable and migrated: SERVING")

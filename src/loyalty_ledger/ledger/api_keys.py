@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loyalty_ledger.domain.errors import NotFound
@@ -90,17 +91,24 @@ async def ensure_configured_admin(conn: AsyncConnection, secret: str, now_us: in
     """Make `secret` (from configuration) a valid ADMIN key, replacing an earlier one."""
     k = t.api_keys
     values = {"secret_hash": digest(secret), "revoked_at_us": None}
-    found = await conn.execute(update(k).where(k.c.id == CONFIGURED_ADMIN_KEY_ID).values(**values))
-    if found.rowcount == 0:
-        await conn.execute(
-            k.insert().values(
-                id=CONFIGURED_ADMIN_KEY_ID,
-                name="LOYALTY_ADMIN_KEY",
-                role=Role.ADMIN.value,
-                created_at_us=now_us,
-                **values,
+    replace = update(k).where(k.c.id == CONFIGURED_ADMIN_KEY_ID).values(**values)
+    if (await conn.execute(replace)).rowcount:
+        return
+    try:
+        async with conn.begin_nested():
+            await conn.execute(
+                k.insert().values(
+                    id=CONFIGURED_ADMIN_KEY_ID,
+                    name="LOYALTY_ADMIN_KEY",
+                    role=Role.ADMIN.value,
+                    created_at_us=now_us,
+                    **values,
+                )
             )
-        )
+    except IntegrityError:
+        # Another replica starting at the same moment inserted it first (PostgreSQL lets
+        # both miss it in the UPDATE): make its row carry this secret instead.
+        await conn.execute(replace)
 
 
 async def count_valid(conn: AsyncConnection) -> int:
