@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import fcntl
+import os
 import sqlite3
 import threading
 import time
@@ -199,5 +201,36 @@ async def test_a_write_lock_held_elsewhere_past_the_busy_timeout_is_unavailable(
         assert took < 1.0, took
         await database.write(insert(9))  # the lock is free again: writes go through
         assert await notes(database) == {9: ""}
+    finally:
+        await database.close()
+
+
+async def test_writers_of_two_processes_take_turns_and_a_late_turn_is_given_back(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "turns.db"
+    database = Database(f"sqlite+aiosqlite:///{path}", sqlite_busy_timeout_ms=300)
+    await database.start()
+    try:
+        await database.write(lambda conn: conn.execute(NOTES))
+        other = os.open(f"{path}-writer.lock", os.O_RDWR | os.O_CREAT)  # another process
+        try:
+            fcntl.flock(other, fcntl.LOCK_EX)
+            waiting = asyncio.create_task(database.write(insert(1)))
+            await asyncio.sleep(0.15)
+            assert not waiting.done()  # it waits for its turn...
+            fcntl.flock(other, fcntl.LOCK_UN)
+            assert await waiting == "done 1"  # ...and gets it when the other gives it up
+
+            fcntl.flock(other, fcntl.LOCK_EX)
+            with pytest.raises(Unavailable) as busy:  # held past the busy timeout
+                await database.write(insert(2))
+            assert busy.value.reason == "DATABASE_BUSY"
+            fcntl.flock(other, fcntl.LOCK_UN)
+        finally:
+            os.close(other)
+        # The turn granted after the write gave up was given back: writes go on.
+        assert await asyncio.wait_for(database.write(insert(3)), 5) == "done 3"
+        assert await notes(database) == {1: "", 3: ""}
     finally:
         await database.close()

@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import fcntl
 import logging
+import os
 import random
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -245,6 +247,88 @@ def _settle(future: asyncio.Future[Any], outcome: Any, failed: bool) -> None:
         future.set_result(outcome)
 
 
+class WriterTurn:
+    """Takes turns for the SQLite write lock with writers in other processes, fairly.
+
+    SQLite's busy handler polls with sleeps of up to 100 ms, while a busy writer starts its
+    next transaction microseconds after a COMMIT: a second server on the same file could
+    miss every gap for the whole busy timeout. So each transaction first takes an exclusive
+    `flock` on `<database>-writer.lock`, which the kernel hands to a waiting process when it
+    is released. The wait runs on a helper thread, bounded by the busy timeout (then the
+    write answers DATABASE_BUSY, like a refused BEGIN); a lock granted after that is given
+    back at once. Each turn opens its own descriptor, so a late grant never releases a
+    later turn's lock.
+    """
+
+    def __init__(self, database_path: str, timeout_s: float) -> None:
+        self.path = f"{database_path}-writer.lock"
+        self.timeout_s = timeout_s
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # another process's turn: wait for the kernel to hand it over
+            await self._wait(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    async def _wait(self, fd: int) -> None:
+        """Block in flock on a daemon thread (it never holds up exit), bounded by the timeout.
+        Whoever ends up with a lock nobody wants closes `fd`, which gives it back."""
+        loop = asyncio.get_running_loop()
+        granted: asyncio.Future[None] = loop.create_future()
+        state = {"granted": False, "abandoned": False}
+        guard = threading.Lock()
+
+        def block() -> None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as error:
+                os.close(fd)
+                loop.call_soon_threadsafe(_set_exception_unless_done, granted, error)
+                return
+            with guard:
+                if state["abandoned"]:
+                    os.close(fd)  # granted after the caller gave up: give it back
+                    return
+                state["granted"] = True
+            loop.call_soon_threadsafe(_set_result_unless_done, granted)
+
+        threading.Thread(target=block, name="sqlite-writer-turn", daemon=True).start()
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await asyncio.shield(granted)
+        except BaseException as exc:
+            with guard:
+                if state["granted"]:
+                    os.close(fd)  # granted just as we gave up
+                else:
+                    state["abandoned"] = True  # the thread gives it back if it comes
+            if isinstance(exc, TimeoutError):
+                raise Unavailable(
+                    "another process kept the database locked; retry with the same request_id",
+                    reason="DATABASE_BUSY",
+                ) from None
+            raise
+
+
+def _set_result_unless_done(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _set_exception_unless_done(future: asyncio.Future[None], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
+
+
 class SingleWriter:
     """Runs write jobs one at a time on one connection, in arrival order, with group commit.
 
@@ -258,9 +342,14 @@ class SingleWriter:
     """
 
     def __init__(
-        self, make_engine: Callable[[], AsyncEngine], queue_max: int, batch_max: int = 64
+        self,
+        make_engine: Callable[[], AsyncEngine],
+        queue_max: int,
+        batch_max: int = 64,
+        turn: WriterTurn | None = None,
     ) -> None:
         self._thread = LoopThread("sqlite-writer", make_engine)
+        self._turn = turn
         self.queue_max = queue_max
         self.batch_max = batch_max
         self._pending = 0  # submitted and not yet answered (only touched on the callers' loop)
@@ -334,13 +423,16 @@ class SingleWriter:
             if live:  # a job whose caller gave up before it started is never run
                 await self._commit(live)
 
+    def _take_turn(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return self._turn.turn() if self._turn is not None else contextlib.nullcontext()
+
     async def _commit(self, batch: list[_Write]) -> None:
         """(Writer thread) Run `batch` in one transaction; answer each job after COMMIT."""
         assert self._thread.engine is not None
         outcomes: list[tuple[Any, bool]] = []
         began = False
         try:
-            async with self._thread.engine.begin() as conn:
+            async with self._take_turn(), self._thread.engine.begin() as conn:
                 began = True
                 if len(batch) == 1:  # alone: any failure rolls the whole transaction back
                     outcomes.append((await _in_context(conn, batch[0]), False))
@@ -457,6 +549,13 @@ class PoolGate:
             ) from error
 
 
+def _writer_turn(url: str, busy_timeout_ms: int) -> WriterTurn | None:
+    path = make_url(url).database
+    if not path or path == ":memory:":
+        return None  # no other process can share it
+    return WriterTurn(path, busy_timeout_ms / 1000)
+
+
 class Database:
     """Owns the engines. `read` runs a job on a snapshot; `write` on the one write path."""
 
@@ -484,6 +583,7 @@ class Database:
                     url, write=True, busy_timeout_ms=sqlite_busy_timeout_ms, inline_pool=1
                 ),
                 writer_queue_max,
+                turn=_writer_turn(url, sqlite_busy_timeout_ms),
             )
             self._readers: ReaderPool | None = ReaderPool(
                 lambda: _sqlite_engine(
