@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from loyalty_ledger.domain.errors import ResourceExhausted, Unavailable
 from loyalty_ledger.ledger.db import Database, SingleWriter
@@ -234,3 +234,14 @@ async def test_writers_of_two_processes_take_turns_and_a_late_turn_is_given_back
         assert await notes(database) == {1: "", 3: ""}
     finally:
         await database.close()
+
+
+async def test_a_writer_that_cannot_make_its_engine_fails_to_start_instead_of_hanging() -> None:
+    def broken() -> AsyncEngine:
+        raise PermissionError("cannot create the database folder")
+
+    writer = SingleWriter(broken, queue_max=10)
+    with pytest.raises(PermissionError):
+        await asyncio.wait_for(writer.start(), 5)
+    with pytest.raises(Unavailable):
+        await writer.submit(insert(1))

@@ -119,6 +119,7 @@ class LoopThread:
         self._thread: threading.Thread | None = None
         self.loop: asyncio.AbstractEventLoop | None = None  # None: not (or no longer) running
         self.engine: AsyncEngine | None = None
+        self._failed: BaseException | None = None  # why the thread could not start
 
     async def start(self, on_start: Callable[[], None] | None = None) -> None:
         """Start the thread; `on_start` runs on it before its loop does."""
@@ -130,13 +131,22 @@ class LoopThread:
         )
         self._thread.start()
         await asyncio.to_thread(ready.wait)
+        if self._failed is not None:
+            self._thread = None
+            raise self._failed
 
     def _main(self, ready: threading.Event, on_start: Callable[[], None] | None) -> None:
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
-        self.engine = engine = self._make_engine()
-        if on_start is not None:
-            on_start()
+        try:
+            self.engine = engine = self._make_engine()
+            if on_start is not None:
+                on_start()
+        except BaseException as error:  # handed to `start`, which must not wait forever
+            self._failed = error
+            loop.close()
+            ready.set()
+            return
         self.loop = loop
         ready.set()
         try:
