@@ -110,6 +110,34 @@ async def test_expiry_run_expires_each_due_lot_once_in_bounded_chunks(
     await ledger.read(lambda r: check_invariants(r.conn))
 
 
+async def test_lots_due_at_one_instant_expire_wallet_by_wallet(
+    ledger: Ledger, clock: TestClock
+) -> None:
+    """Lots due at the same instant are taken wallet by wallet (tables.EXPIRY_ORDER), so a
+    chunk holding all of a wallet's due lots writes one EXPIRE entry for them. The lots are
+    credited round robin, so in creation (lot id) order every chunk would span wallets."""
+    wallets = await setup_lots(ledger, clock, [1] * 12, wallets=3)  # four lots each
+    clock.advance(timedelta(hours=1))
+    upcoming = await ledger.read(
+        lambda r: r.list_upcoming_expirations(
+            scheme_id="s", wallet_id="", start_us=0, end_us=clock.now_us() + 1, size=5, token=""
+        )
+    )
+    assert [u.lot.wallet_id for u in upcoming.items] == [min(wallets)] * 4 + [sorted(wallets)[1]]
+    run = await Runner(ledger, chunk_max=4).run(RunKind.EXPIRY, clock.now_us(), "test")
+    assert (run.items_processed, run.chunks_committed) == (12, 3)
+    entries = await ledger.read(
+        lambda r: r.conn.execute(
+            select(t.transactions.c.wallet_id, func.count())
+            .where(t.transactions.c.type == TxType.EXPIRE.value)
+            .group_by(t.transactions.c.wallet_id)
+        )
+    )
+    assert dict(entries.all()) == {wallet: 1 for wallet in wallets}
+    assert await expired_by_wallet(ledger) == {wallet: 4 for wallet in wallets}
+    await ledger.read(lambda r: check_invariants(r.conn))
+
+
 async def test_lots_not_yet_due_are_left_alone(ledger: Ledger, clock: TestClock) -> None:
     await setup_lots(ledger, clock, [5, 6])
     clock.advance(timedelta(minutes=59))

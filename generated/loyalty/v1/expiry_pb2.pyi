@@ -582,7 +582,9 @@ class ListUpcomingExpirationsResponse(_message.Message):
     """Token for the next page; empty on the last page."""
     @_builtins.property
     def expirations(self) -> _containers.RepeatedCompositeFieldContainer[Global___UpcomingExpiration]:
-        """Open lots with remaining value expiring in the window, soonest first."""
+        """Open lots with remaining value expiring in the window, soonest first; lots expiring
+        at the same instant by wallet id, then lot id (the order the expiry run takes them in).
+        """
 
     def __init__(
         self,

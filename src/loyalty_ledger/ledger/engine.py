@@ -1486,7 +1486,7 @@ class Tx(PostingTx):
         query = (
             select(t.lots)
             .where(t.lots.c.state == LotState.OPEN.value, t.lots.c.expires_at_us <= as_of_us)
-            .order_by(t.lots.c.expires_at_us, t.lots.c.id)
+            .order_by(*t.EXPIRY_ORDER)
             .limit(chunk_max)
         )
         if self.conn.dialect.name == "postgresql":
@@ -1632,7 +1632,7 @@ class Tx(PostingTx):
                     t.lots.c.expires_at_us <= as_of_us + lead * 1_000_000,
                     ~warned,
                 )
-                .order_by(t.lots.c.expires_at_us, t.lots.c.id)
+                .order_by(*t.EXPIRY_ORDER)
                 .limit(limit)
             )
         )

@@ -178,7 +178,7 @@ def _numbered(lots: Subquery) -> Select[Any]:
     c = lots.c
     return (
         select(
-            func.row_number().over(order_by=(c.expires_at_us, c.id)),
+            func.row_number().over(order_by=(c.expires_at_us, c.wallet_id, c.id)),
             func.dense_rank().over(order_by=c.wallet_id),
             c.id,
             c.wallet_id,

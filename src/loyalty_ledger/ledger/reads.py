@@ -388,12 +388,13 @@ class Reader:
         size: int,
         token: str,
     ) -> Page[UpcomingExpiration]:
-        """Open lots with remaining value expiring in [start, end), soonest first."""
+        """Open lots with remaining value expiring in [start, end), soonest first (then by
+        wallet and lot: the expiry order, `tables.EXPIRY_ORDER`)."""
         if wallet_id:
             await self.get_wallet(wallet_id)
         else:
             await self.get_scheme(scheme_id)
-        key_cols = [t.lots.c.expires_at_us, t.lots.c.id]
+        key_cols = list(t.EXPIRY_ORDER)
         query = (
             select(t.lots, t.wallets.c.customer_ref)
             .join(t.wallets, t.wallets.c.id == t.lots.c.wallet_id)
@@ -409,9 +410,12 @@ class Reader:
             query = query.where(t.lots.c.wallet_id == wallet_id)
         else:
             query = query.where(t.lots.c.scheme_id == scheme_id)
-        after = decode_token("upcoming", token, 2)
+        after = decode_token("upcoming", token, len(key_cols))
         if after is not None:
             query = query.where(after_key(key_cols, after))
         rows = list(await self.conn.execute(query.limit(size + 1)))
         items = [UpcomingExpiration(LotRecord.from_row(r), r.customer_ref) for r in rows[:size]]
-        return Page(items, self._next(rows, size, "upcoming", lambda r: [r.expires_at_us, r.id]))
+        return Page(
+            items,
+            self._next(rows, size, "upcoming", lambda r: [r.expires_at_us, r.wallet_id, r.id]),
+        )

@@ -124,9 +124,15 @@ lots = Table(
     ),
     CheckConstraint("amount = remaining + spent + held + expired + reversed", name="parts_sum"),
     Index(None, "wallet_id", "asset", "state"),
-    # Expiry chunks read due lots in (expires_at_us, id) order straight from this index.
-    Index(None, "state", "expires_at_us", "id"),
+    # Expiry chunks read due lots in (expires_at_us, wallet_id, id) order straight from this
+    # index: lots due at the same instant come wallet by wallet (see ledger/expiry_chunk.py).
+    Index(None, "state", "expires_at_us", "wallet_id", "id"),
 )
+
+# The order in which lots expire, are warned about and are listed as upcoming: soonest first,
+# and lots due at the same instant wallet by wallet, so that an expiry chunk writes one EXPIRE
+# entry per wallet for all of that wallet's due lots.
+EXPIRY_ORDER = (lots.c.expires_at_us, lots.c.wallet_id, lots.c.id)
 
 transactions = Table(
     "transactions",
