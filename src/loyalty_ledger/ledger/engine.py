@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import BigInteger, bindparam, literal, select, update
+from sqlalchemy import BigInteger, String, bindparam, cast, exists, func, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -123,6 +123,95 @@ def expiry_account(lot: LotRecord) -> str:
 
 # Entries that change a wallet's qualifying points (see domain.tiers).
 _TIER_ACTIVITY = frozenset({TxType.AWARD, TxType.REVERSAL})
+
+# -- hot-path statements ----------------------------------------------------------------
+# Built once: a statement built per call costs its construction and SQLAlchemy's cache-key
+# walk on every write. Values are passed as parameters at execution.
+
+# Whether a wallet has an ACTIVE hold past its TTL at :b_now_us. Only then is there a hold to
+# release before the write (`_release_lapsed_holds`), so most writes skip the holds query.
+# SQLite only (see `_lapsed_hold_possible`).
+_HAS_LAPSED_HOLD = (
+    exists()
+    .where(
+        t.holds.c.wallet_id == t.wallets.c.id,
+        t.holds.c.status == HoldStatus.ACTIVE.value,
+        t.holds.c.expires_at_us <= bindparam("b_now_us"),
+    )
+    .label("has_lapsed_hold")
+)
+
+# Wallet rows locked in id order (PostgreSQL: FOR UPDATE; SQLite has one writer).
+_LOCK_WALLETS = (
+    select(t.wallets, _HAS_LAPSED_HOLD)
+    .where(t.wallets.c.id.in_(bindparam("b_wallet_ids", expanding=True)))
+    .order_by(t.wallets.c.id)
+    .with_for_update(of=t.wallets)
+)
+
+# One wallet, locked, with its scheme's row and assets: what a credit, spend or hold needs
+# before it looks at lots, in one statement instead of four (wallet, holds, scheme, assets).
+# Nothing is cached: every write reads the scheme as it is, so scheme updates by any server
+# process are seen at once. Scheme columns are labelled `scheme__<column>`; the assets come
+# as "CODE:scale,..." (asset codes are [A-Z0-9_], see api/validation.py).
+_SCHEME_PREFIX = "scheme__"
+_SCHEME_ASSETS = (
+    select(
+        func.aggregate_strings(
+            t.scheme_assets.c.code + ":" + cast(t.scheme_assets.c.scale, String), ","
+        )
+    )
+    .where(t.scheme_assets.c.scheme_id == t.wallets.c.scheme_id)
+    .scalar_subquery()
+    .label(f"{_SCHEME_PREFIX}assets")
+)
+_LOCK_WALLET_WITH_SCHEME = (
+    select(
+        t.wallets,
+        _HAS_LAPSED_HOLD,
+        *[c.label(f"{_SCHEME_PREFIX}{c.name}") for c in t.schemes.c],
+        _SCHEME_ASSETS,
+    )
+    .join_from(t.wallets, t.schemes, t.schemes.c.id == t.wallets.c.scheme_id)
+    .where(t.wallets.c.id == bindparam("b_wallet_id"))
+    .with_for_update(of=t.wallets)
+)
+
+
+class _SchemeColumns:
+    """The `scheme__` columns of a `_LOCK_WALLET_WITH_SCHEME` row, as SchemeRecord.from_row
+    reads a `schemes` row."""
+
+    def __init__(self, row: Any) -> None:
+        self._mapping = row._mapping
+
+    def __getattr__(self, name: str) -> Any:
+        return self._mapping[_SCHEME_PREFIX + name]
+
+
+def _scheme_from_joined_row(row: Any) -> SchemeRecord:
+    listed = row._mapping[f"{_SCHEME_PREFIX}assets"] or ""
+    pairs = (item.split(":") for item in listed.split(",") if item)
+    assets = {code: int(scale) for code, scale in sorted(pairs)}
+    return SchemeRecord.from_row(_SchemeColumns(row), assets)
+
+
+_UPDATE_LOTS = (
+    update(t.lots)
+    .where(t.lots.c.id == bindparam("b_id"))
+    .values(
+        remaining=bindparam("remaining"),
+        spent=bindparam("spent"),
+        held=bindparam("held"),
+        expired=bindparam("expired"),
+        reversed=bindparam("reversed"),
+        state=bindparam("state"),
+    )
+)
+_INSERT_LOT = t.lots.insert()
+_INSERT_TRANSACTIONS = t.transactions.insert()
+_INSERT_POSTINGS = t.postings.insert()
+_INSERT_ALLOCATIONS = t.allocations.insert()
 
 # -- commands ---------------------------------------------------------------------------
 
@@ -318,13 +407,13 @@ class PostingTx(Reader):
                         payload={"wallet_amounts": dict(amounts), "hold_id": txn.hold_id},
                     )
                 )
-        for table, rows in (
-            (t.transactions, txn_rows),
-            (t.postings, posting_rows),
-            (t.allocations, allocation_rows),
+        for statement, rows in (
+            (_INSERT_TRANSACTIONS, txn_rows),
+            (_INSERT_POSTINGS, posting_rows),
+            (_INSERT_ALLOCATIONS, allocation_rows),
         ):
             if rows:
-                await self.conn.execute(table.insert(), rows)
+                await self.conn.execute(statement, rows)
         await append_rows(self.conn, event_rows)
         return txns
 
@@ -344,46 +433,35 @@ class PostingTx(Reader):
                 }
             )
         if rows:
-            await self.conn.execute(
-                update(t.lots)
-                .where(t.lots.c.id == bindparam("b_id"))
-                .values(
-                    remaining=bindparam("remaining"),
-                    spent=bindparam("spent"),
-                    held=bindparam("held"),
-                    expired=bindparam("expired"),
-                    reversed=bindparam("reversed"),
-                    state=bindparam("state"),
-                ),
-                rows,
-            )
+            await self.conn.execute(_UPDATE_LOTS, rows)
 
     async def _insert_lot(self, lot: LotRecord) -> None:
         lot.settle_state()
         await self.conn.execute(
-            t.lots.insert().values(
-                id=lot.id,
-                wallet_id=lot.wallet_id,
-                scheme_id=lot.scheme_id,
-                asset=lot.asset,
-                amount=lot.amount,
-                remaining=lot.remaining,
-                spent=lot.spent,
-                held=lot.held,
-                expired=lot.expired,
-                reversed=lot.reversed,
-                state=lot.state.value,
-                funding=lot.funding.value,
-                sponsor_id=lot.sponsor_id,
-                available_at_us=lot.available_at_us,
-                expires_at_us=lot.expires_at_us,
-                merchant_ids=json.dumps(lot.merchant_ids),
-                product_ids=json.dumps(lot.product_ids),
-                source_transaction_id=lot.source_transaction_id,
-                origin_lot_id=lot.origin_lot_id,
-                created_at_us=lot.created_at_us,
-                inactivity_days=lot.inactivity_days,
-            )
+            _INSERT_LOT,
+            {
+                "id": lot.id,
+                "wallet_id": lot.wallet_id,
+                "scheme_id": lot.scheme_id,
+                "asset": lot.asset,
+                "amount": lot.amount,
+                "remaining": lot.remaining,
+                "spent": lot.spent,
+                "held": lot.held,
+                "expired": lot.expired,
+                "reversed": lot.reversed,
+                "state": lot.state.value,
+                "funding": lot.funding.value,
+                "sponsor_id": lot.sponsor_id,
+                "available_at_us": lot.available_at_us,
+                "expires_at_us": lot.expires_at_us,
+                "merchant_ids": json.dumps(lot.merchant_ids),
+                "product_ids": json.dumps(lot.product_ids),
+                "source_transaction_id": lot.source_transaction_id,
+                "origin_lot_id": lot.origin_lot_id,
+                "created_at_us": lot.created_at_us,
+                "inactivity_days": lot.inactivity_days,
+            },
         )
 
     def _copy_lot(
@@ -437,23 +515,48 @@ class PostingTx(Reader):
         Holds past their TTL are released first, so every write sees them as released.
         """
         ids = sorted(set(wallet_ids))
-        rows = await self.conn.execute(
-            select(t.wallets)
-            .where(t.wallets.c.id.in_(ids))
-            .order_by(t.wallets.c.id)
-            .with_for_update()
+        rows = list(
+            await self.conn.execute(_LOCK_WALLETS, {"b_wallet_ids": ids, "b_now_us": self.now_us})
         )
         found = {r.id: WalletRecord.from_row(r) for r in rows}
         for wallet_id in ids:
             if wallet_id not in found:
                 raise NotFound("wallet", wallet_id)
         if release_lapsed:
-            for wallet in found.values():
-                await self._release_lapsed_holds(wallet)
+            for row in rows:
+                if self._lapsed_hold_possible(row):
+                    await self._release_lapsed_holds(found[row.id])
         return found
+
+    def _lapsed_hold_possible(self, locked_row: Any) -> bool:
+        """Whether a wallet just locked may have a lapsed hold to release.
+
+        On SQLite the lock statement's `has_lapsed_hold` is exact: the single writer runs
+        nothing between it and this write. On PostgreSQL it is not: the statement's snapshot
+        predates the wait for the row lock, so it misses holds that the lock's previous holder
+        created or moved in (merges). The holds are then read after the lock, as always.
+        """
+        return bool(locked_row.has_lapsed_hold) or self.conn.dialect.name != "sqlite"
 
     async def _lock_wallet(self, wallet_id: str, *, release_lapsed: bool = True) -> WalletRecord:
         return (await self._lock_wallets([wallet_id], release_lapsed=release_lapsed))[wallet_id]
+
+    async def _lock_wallet_with_scheme(self, wallet_id: str) -> tuple[WalletRecord, SchemeRecord]:
+        """`_lock_wallet` (lapsed holds released) and `get_scheme` of its scheme, in one
+        statement."""
+        row = (
+            await self.conn.execute(
+                _LOCK_WALLET_WITH_SCHEME, {"b_wallet_id": wallet_id, "b_now_us": self.now_us}
+            )
+        ).first()
+        if row is None:
+            raise NotFound("wallet", wallet_id)
+        wallet = WalletRecord.from_row(row)
+        scheme = _scheme_from_joined_row(row)
+        self.schemes_read[scheme.id] = scheme
+        if self._lapsed_hold_possible(row):
+            await self._release_lapsed_holds(wallet)
+        return wallet, scheme
 
     @staticmethod
     def _require_open(wallet: WalletRecord) -> None:
@@ -666,9 +769,8 @@ class PostingTx(Reader):
     # -- credit ----------------------------------------------------------------------------
 
     async def credit(self, cmd: CreditCommand) -> tuple[TransactionRecord, LotRecord]:
-        wallet = await self._lock_wallet(cmd.wallet_id)
+        wallet, scheme = await self._lock_wallet_with_scheme(cmd.wallet_id)
         self._require_open(wallet)
-        scheme = await self.get_scheme(wallet.scheme_id)
         self._require_asset(scheme, cmd.asset)
         available_at = max(self.now_us, cmd.available_at_us or self.now_us)
         expires_at, inactivity_days = self._credit_expiry(scheme, cmd, available_at)
@@ -974,10 +1076,9 @@ class PostingTx(Reader):
         return {row.id: row.customer_ref for row in rows}
 
     async def _debit_plan(
-        self, wallet: WalletRecord, cmd: DebitCommand
-    ) -> tuple[SchemeRecord, dict[str, LotRecord], list[tuple[str, int]]]:
+        self, wallet: WalletRecord, scheme: SchemeRecord, cmd: DebitCommand
+    ) -> tuple[dict[str, LotRecord], list[tuple[str, int]]]:
         self._require_active(wallet)
-        scheme = await self.get_scheme(wallet.scheme_id)
         self._require_asset(scheme, cmd.asset)
         lots = {lot.id: lot for lot in await self.open_lots(wallet.id, cmd.asset)}
         ctx = SpendContext(cmd.merchant_id, frozenset(cmd.product_ids), self.now_us)
@@ -988,11 +1089,11 @@ class PostingTx(Reader):
             asset=cmd.asset,
             allow_partial=cmd.allow_partial,
         )
-        return scheme, lots, plan
+        return lots, plan
 
     async def spend(self, cmd: DebitCommand) -> tuple[TransactionRecord, int]:
-        wallet = await self._lock_wallet(cmd.wallet_id)
-        scheme, lots, plan = await self._debit_plan(wallet, cmd)
+        wallet, scheme = await self._lock_wallet_with_scheme(cmd.wallet_id)
+        lots, plan = await self._debit_plan(wallet, scheme, cmd)
         journal = _Journal(
             TxType.SPEND,
             scheme.id,
@@ -1021,8 +1122,8 @@ class PostingTx(Reader):
         self, cmd: DebitCommand, currency: str, value: int
     ) -> tuple[TransactionRecord, int]:
         """Spend the points `value` costs at the scheme's rate; the entry records both."""
-        wallet = await self._lock_wallet(cmd.wallet_id)
-        rate = rate_for(await self.get_scheme(wallet.scheme_id), cmd.asset, currency)
+        _wallet, scheme = await self._lock_wallet_with_scheme(cmd.wallet_id)
+        rate = rate_for(scheme, cmd.asset, currency)
         points = rate.points_for(value)
         metadata = {"redeemed_value": str(value), "redeemed_currency": currency}
         return await self.spend(replace(cmd, amount=points, metadata=cmd.metadata | metadata))
@@ -1030,8 +1131,8 @@ class PostingTx(Reader):
     async def authorize_hold(
         self, cmd: DebitCommand, ttl_us: int
     ) -> tuple[HoldRecord, TransactionRecord]:
-        wallet = await self._lock_wallet(cmd.wallet_id)
-        scheme, lots, plan = await self._debit_plan(wallet, cmd)
+        wallet, scheme = await self._lock_wallet_with_scheme(cmd.wallet_id)
+        lots, plan = await self._debit_plan(wallet, scheme, cmd)
         hold_id = new_id("hld")
         journal = _Journal(
             TxType.HOLD,

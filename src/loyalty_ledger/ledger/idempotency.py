@@ -12,13 +12,27 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 
-from sqlalchemy import and_, delete, select, update
+from sqlalchemy import and_, bindparam, delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loyalty_ledger.domain.errors import AlreadyExists
 from loyalty_ledger.ledger import tables as t
+
+# Built once (the claim and the completion run on every mutating RPC).
+_CLAIMS = {
+    "postgresql": pg_insert(t.idempotency_records).on_conflict_do_nothing(),
+    "sqlite": sqlite_insert(t.idempotency_records).on_conflict_do_nothing(),
+}
+_COMPLETE = (
+    update(t.idempotency_records)
+    .where(
+        t.idempotency_records.c.scope == bindparam("b_scope"),
+        t.idempotency_records.c.request_id == bindparam("b_request_id"),
+    )
+    .values(response=bindparam("b_response"))
+)
 
 
 def fingerprint(method: str, request_bytes: bytes) -> str:
@@ -72,18 +86,14 @@ async def claim(
 
 async def _insert_if_absent(conn: AsyncConnection, values: Mapping[str, object]) -> bool:
     """INSERT .. ON CONFLICT DO NOTHING. On PostgreSQL it waits for a concurrent claim."""
-    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    statement = insert(t.idempotency_records).values(**values).on_conflict_do_nothing()
-    result = await conn.execute(statement)
+    statement = _CLAIMS["postgresql" if conn.dialect.name == "postgresql" else "sqlite"]
+    result = await conn.execute(statement, dict(values))
     return result.rowcount == 1
 
 
 async def complete(conn: AsyncConnection, *, scope: str, request_id: str, response: bytes) -> None:
-    rec = t.idempotency_records
     await conn.execute(
-        update(rec)
-        .where(and_(rec.c.scope == scope, rec.c.request_id == request_id))
-        .values(response=response)
+        _COMPLETE, {"b_scope": scope, "b_request_id": request_id, "b_response": response}
     )
 
 

@@ -6,7 +6,7 @@ import json
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import case, func, or_, select
+from sqlalchemy import Select, bindparam, case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loyalty_ledger.domain.errors import InvalidArgument, NotFound
@@ -44,6 +44,20 @@ def _lot_order_columns() -> list[Any]:
         t.lots.c.created_at_us,
         t.lots.c.id,
     ]
+
+
+def _open_lots_query(*, by_asset: bool) -> Select[Any]:
+    query = select(t.lots).where(
+        t.lots.c.wallet_id == bindparam("b_wallet_id"), t.lots.c.state == LotState.OPEN.value
+    )
+    if by_asset:
+        query = query.where(t.lots.c.asset == bindparam("b_asset"))
+    return query.order_by(*_lot_order_columns())
+
+
+# Built once: a spend reads its wallet's lots on every call.
+_OPEN_LOTS = _open_lots_query(by_asset=False)
+_OPEN_LOTS_OF_ASSET = _open_lots_query(by_asset=True)
 
 
 def rate_for(scheme: SchemeRecord, asset: str, currency: str) -> RedemptionRate:
@@ -147,14 +161,13 @@ class Reader:
 
     async def open_lots(self, wallet_id: str, asset: str | None = None) -> list[LotRecord]:
         """Lots with remaining or held value, in spend order."""
-        query = (
-            select(t.lots)
-            .where(t.lots.c.wallet_id == wallet_id, t.lots.c.state == LotState.OPEN.value)
-            .order_by(*_lot_order_columns())
-        )
-        if asset is not None:
-            query = query.where(t.lots.c.asset == asset)
-        return [LotRecord.from_row(r) for r in await self.conn.execute(query)]
+        if asset is None:
+            rows = await self.conn.execute(_OPEN_LOTS, {"b_wallet_id": wallet_id})
+        else:
+            rows = await self.conn.execute(
+                _OPEN_LOTS_OF_ASSET, {"b_wallet_id": wallet_id, "b_asset": asset}
+            )
+        return [LotRecord.from_row(r) for r in rows]
 
     async def lots_by_id(self, lot_ids: list[str]) -> dict[str, LotRecord]:
         if not lot_ids:

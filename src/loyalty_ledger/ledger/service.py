@@ -15,6 +15,7 @@ from loyalty_ledger.ledger.engine import Tx
 from loyalty_ledger.ledger.reads import Reader
 
 NOTIFY_CHANNEL = "loyalty_outbox"  # events/hub.py listens on it
+_NOTIFY = text(f"NOTIFY {NOTIFY_CHANNEL}")
 
 T = TypeVar("T")
 
@@ -46,7 +47,7 @@ class Ledger:
             await tiers.refresh_activity(tx)
             if not self.db.is_sqlite:
                 # Delivered at commit (never for a rollback): other replicas' streams wake.
-                await conn.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
+                await conn.execute(_NOTIFY)
             return result
 
         result = await self.db.write(job)
