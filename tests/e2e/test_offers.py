@@ -690,6 +690,47 @@ async def test_a_batch_gives_a_result_per_event_and_can_be_resent(offers, wallet
         )
 
 
+async def test_a_batch_keeps_each_wallets_order_and_shares_commits(
+    app, offers, wallets, clock
+) -> None:
+    """Events of a batch go to the writer together (fewer commits than events on SQLite),
+    yet each wallet's events apply in the order given: a once-per-wallet offer pays 10 % of
+    each wallet's first purchase, never of a later, larger one."""
+    await make_scheme(offers)
+    owners = [(await make_wallet(wallets)).wallet_id for _ in range(8)]
+    await live_offer(
+        offers,
+        rule=rewards_pb2.AwardRule(
+            percent_of_amount=rewards_pb2.PercentOfAmount(basis_points=1000)
+        ),
+        conditions=rewards_pb2.OfferConditions(currency="EUR"),
+        wallet_caps=[rewards_pb2.WalletCap(window=rewards_pb2.CAP_WINDOW_LIFETIME, max_count=1)],
+    )
+    # Round after round, each wallet buys more than the round before.
+    amounts = [(w, 1000 * (r + 1) + 10 * k) for r in range(5) for k, w in enumerate(owners)]
+    writer = app.db._writer
+    commits_before = writer.commits if writer is not None else 0
+    response = await offers.SubmitEvents(
+        offer_pb2.SubmitEventsRequest(
+            events=[
+                offer_pb2.SubmitEventRequest(
+                    request_id=rid("event"), wallet_id=w, event=purchase(clock, amount)
+                )
+                for w, amount in amounts
+            ]
+        )
+    )
+    awarded = [sum(a.amount for a in r.response.awards) for r in response.results]
+    first_round = len(owners)
+    assert awarded == [amount // 10 for _, amount in amounts[:first_round]] + [0] * (
+        len(amounts) - first_round
+    )
+    for k, w in enumerate(owners):
+        assert (await balance(wallets, w, "EUR")).available == (1000 + 10 * k) // 10
+    if writer is not None:  # SQLite: one writer, whose commits can be counted
+        assert writer.commits - commits_before <= len(amounts) // 2
+
+
 async def test_returns_reverse_awards_in_proportion(app, offers, wallets, clock) -> None:
     from tests.invariants import check_invariants
 

@@ -28,6 +28,8 @@ WARNING_LEAD_TIMES_MAX = 8
 WARNING_LEAD_SECONDS_MIN = 3600
 WARNING_LEAD_SECONDS_MAX = 366 * 24 * 3600
 EVENT_BATCH_MAX = 500  # SubmitEvents
+# Events of one SubmitEvents call handed to the writer at once: about one group commit.
+EVENT_BATCH_IN_FLIGHT_MAX = 64
 REDEMPTION_RATES_MAX = 8  # per scheme
 PROMOTION_CODES_MAX = 10_000  # per CreatePromotionCodes
 WALLET_TAGS_MAX = 32
