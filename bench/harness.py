@@ -87,6 +87,7 @@ class Config:
     subscribers: int
     watch_rate: float
     watch_s: float
+    events_per_message: int  # (f): WatchExpirations max_events_per_message
     bulk_batch: int
     bulk_concurrency: int
     admin_key: str
@@ -738,6 +739,7 @@ class Bench:
                             "target": server.address,
                             "admin_key": cfg.admin_key,
                             "filters": filters[i :: cfg.procs],
+                            "events_per_message": cfg.events_per_message,
                         },
                         ready,
                         stop,
@@ -839,7 +841,8 @@ class Bench:
             row = Row(
                 "f",
                 backend,
-                f"{n:,} subscribers, {label}, ExpireLot at {cfg.watch_rate:g}/s",
+                f"{n:,} subscribers, {label}, ExpireLot at {cfg.watch_rate:g}/s, "
+                f"max_events_per_message {cfg.events_per_message}",
                 ops_per_s=len(latencies) / cfg.watch_s,
                 p50_ms=percentile_ms(latencies, 0.50),
                 p99_ms=percentile_ms(latencies, 0.99),
@@ -990,6 +993,12 @@ def parse_args(argv: list[str] | None = None) -> Config:
         "--watch", default="fanout", choices=["fanout", "filtered", "both"], help="(f) kind"
     )
     parser.add_argument(
+        "--events-per-message",
+        type=int,
+        default=100,
+        help="(f): the streams' max_events_per_message (1: one event per message)",
+    )
+    parser.add_argument(
         "--admin-key",
         default=os.environ.get("BENCH_ADMIN_KEY", "bench-admin-key-0123456789"),
         help="sent as 'authorization: Bearer KEY' on every call, and given to the server as "
@@ -1031,6 +1040,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         subscribers=args.subscribers or (50 if quick else 1_000),
         watch_rate=20.0,
         watch_s=1.0 if quick else 20.0,
+        events_per_message=args.events_per_message,
         bulk_batch=10 if quick else 500,
         bulk_concurrency=1,
         admin_key=args.admin_key,

@@ -318,17 +318,23 @@ async def _subscribe(spec: dict[str, Any], ready: Any, stop: Any) -> dict[str, A
                 wallet_ids=filters[index],
                 event_types=[expiry_pb2.EXPIRATION_EVENT_TYPE_EXPIRED],
                 from_now=True,
+                max_events_per_message=spec.get("events_per_message", 1),
             ),
             metadata=client.md,
         )
         first = True
         try:
             async for message in call:
-                if message.WhichOneof("message") != "event":
+                kind = message.WhichOneof("message")
+                if kind == "event":
+                    events = [message.event]
+                elif kind == "events":  # max_events_per_message above 1
+                    events = list(message.events.events)
+                else:
                     continue
-                lot_id = message.event.lot_id
-                if lot_id not in seen:
-                    seen[lot_id] = time.time()
+                arrived = time.time()
+                for event in events:
+                    seen.setdefault(event.lot_id, arrived)
                 if first:
                     first = False
                     with ready.get_lock():

@@ -232,6 +232,41 @@ async def test_replay_then_live_in_sequence_order_with_every_field(
     assert sequences == sorted(set(sequences))
 
 
+async def test_events_ready_together_share_a_message_when_asked(
+    app: App, wallets: Stub, clock: TestClock
+) -> None:
+    """max_events_per_message: a replay, and a burst the stream is behind on, come in
+    messages of up to that many events, in sequence order, with nothing lost or repeated."""
+    await publish(app, rows(25, now_us=clock.now_us()))
+    await hub_has_read(wallets, app)
+    call = watch(wallets, max_events_per_message=10)
+    sizes, events = [], []
+    while len(events) < 25:
+        message = await next_message(call)
+        assert message.WhichOneof("message") in ("events", "heartbeat")
+        if message.HasField("events"):
+            sizes.append(len(message.events.events))
+            events.extend(message.events.events)
+    assert sizes == [10, 10, 5]  # the replay: one page of stored events
+    await publish(app, rows(30, now_us=clock.now_us()))  # one commit: one burst
+    live_sizes = []
+    while len(events) < 55:
+        message = await next_message(call)
+        if message.HasField("events"):
+            live_sizes.append(len(message.events.events))
+            events.extend(message.events.events)
+    call.cancel()
+    assert sum(live_sizes) == 30 and max(live_sizes) <= 10 and len(live_sizes) < 30
+    assert keys(events) == await stored(app)
+    # The largest batch allowed, and one event per message as before when 1 is asked.
+    at_limit = watch(wallets, max_events_per_message=500)
+    assert len((await next_message(at_limit)).events.events) == 55
+    at_limit.cancel()
+    single = watch(wallets, max_events_per_message=1)
+    assert (await next_message(single)).event.sequence == events[0].sequence
+    single.cancel()
+
+
 async def test_resume_after_a_disconnect_delivers_every_matching_event_once(
     app: App, wallets: Stub, clock: TestClock
 ) -> None:
@@ -482,6 +517,8 @@ async def test_bad_filters_are_refused(app: App, wallets: Stub, clock: TestClock
         ({"wallet_ids": ["wal_a", ""]}, "wallet_ids[1]"),
         ({"wallet_ids": ["w" * 65]}, "wallet_ids[0]"),
         ({"wallet_ids": [f"wal_{i}" for i in range(1001)]}, "wallet_ids"),
+        ({"max_events_per_message": -1}, "max_events_per_message"),
+        ({"max_events_per_message": 501}, "max_events_per_message"),
     ]
     for request, field in cases:
         _, error = await read_until_error(watch(wallets, **request))

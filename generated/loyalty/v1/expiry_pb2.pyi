@@ -611,12 +611,20 @@ class WatchExpirationsRequest(_message.Message):
     EVENT_TYPES_FIELD_NUMBER: _builtins.int
     AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
     FROM_NOW_FIELD_NUMBER: _builtins.int
+    MAX_EVENTS_PER_MESSAGE_FIELD_NUMBER: _builtins.int
     scheme_id: _builtins.str
     """Only events of this scheme, if set."""
     after_sequence: _builtins.int
     """Resume: deliver events with a sequence greater than this (0: from the first event)."""
     from_now: _builtins.bool
     """Start from the newest event instead, ignoring after_sequence."""
+    max_events_per_message: _builtins.int
+    """Events per message, 0 to 500. 0 or 1: each event in its own message (`event`). Above 1:
+    every event travels in `events`, and events that are ready together (a replay, or a
+    burst the stream is behind on) share a message, in sequence order, up to this many.
+    A subscriber that keeps up still gets them one at a time; one that watches a busy
+    scheme costs the server and itself far less per event.
+    """
     @_builtins.property
     def wallet_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Only events of these wallets, if any (at most 1000)."""
@@ -633,14 +641,39 @@ class WatchExpirationsRequest(_message.Message):
         event_types: _abc.Iterable[Global___ExpirationEventType.ValueType] | None = ...,
         after_sequence: _builtins.int = ...,
         from_now: _builtins.bool = ...,
+        max_events_per_message: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "event_types", b"event_types", "from_now", b"from_now", "scheme_id", b"scheme_id", "wallet_ids", b"wallet_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "event_types", b"event_types", "from_now", b"from_now", "max_events_per_message", b"max_events_per_message", "scheme_id", b"scheme_id", "wallet_ids", b"wallet_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchExpirationsRequest: _TypeAlias = WatchExpirationsRequest  # noqa: Y015
+
+@_typing.final
+class ExpirationEvents(_message.Message):
+    """Several events of the expiration stream, in sequence order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExpirationEvent]:
+        """At most the request's max_events_per_message."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___ExpirationEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExpirationEvents: _TypeAlias = ExpirationEvents  # noqa: Y015
 
 @_typing.final
 class WatchExpirationsResponse(_message.Message):
@@ -650,6 +683,7 @@ class WatchExpirationsResponse(_message.Message):
 
     EVENT_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def event(self) -> Global___ExpirationEvent:
         """The next event in sequence order."""
@@ -658,17 +692,22 @@ class WatchExpirationsResponse(_message.Message):
     def heartbeat(self) -> Global___Heartbeat:
         """Nothing new to deliver; the stream is alive."""
 
+    @_builtins.property
+    def events(self) -> Global___ExpirationEvents:
+        """The next events in sequence order (when max_events_per_message is above 1)."""
+
     def __init__(
         self,
         *,
         event: Global___ExpirationEvent | None = ...,
         heartbeat: Global___Heartbeat | None = ...,
+        events: Global___ExpirationEvents | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "heartbeat", b"heartbeat", "message", b"message"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "events", b"events", "heartbeat", b"heartbeat", "message", b"message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "heartbeat", b"heartbeat", "message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "events", b"events", "heartbeat", b"heartbeat", "message", b"message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["event", "heartbeat"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["event", "heartbeat", "events"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 

@@ -34,5 +34,6 @@ REDEMPTION_RATES_MAX = 8  # per scheme
 PROMOTION_CODES_MAX = 10_000  # per CreatePromotionCodes
 WALLET_TAGS_MAX = 32
 WATCH_WALLET_IDS_MAX = 1_000  # wallet_ids of one WatchExpirations filter
+WATCH_EVENTS_PER_MESSAGE_MAX = 500  # max_events_per_message of WatchExpirations
 TIERS_MAX = 16  # per tier programme
 TIER_WINDOW_DAYS_MAX = 1096  # three years

@@ -45,6 +45,8 @@ def watch_filter(request: expiry_pb2.WatchExpirationsRequest) -> WatchFilter:
             types.add(_TYPES[value])
     if request.after_sequence < 0:
         checks.fail("after_sequence", "must not be negative")
+    if not 0 <= request.max_events_per_message <= limits.WATCH_EVENTS_PER_MESSAGE_MAX:
+        checks.fail("max_events_per_message", f"must be 0 to {limits.WATCH_EVENTS_PER_MESSAGE_MAX}")
     checks.done()
     return WatchFilter(request.scheme_id, frozenset(request.wallet_ids), frozenset(types))
 
@@ -98,9 +100,15 @@ async def watch_expirations(
     (an async generator cannot use that decorator)."""
     try:
         watch = watch_filter(request)
+        batched = request.max_events_per_message > 1
         # aclosing: the subscription ends (and frees its slot) as soon as this stream does.
         async with contextlib.aclosing(
-            hub.subscribe(watch, after_sequence=request.after_sequence, from_now=request.from_now)
+            hub.subscribe_batches(
+                watch,
+                after_sequence=request.after_sequence,
+                from_now=request.from_now,
+                batch_max=max(request.max_events_per_message, 1),
+            )
         ) as stream:
             async for item in stream:
                 if isinstance(item, Heartbeat):
@@ -109,8 +117,14 @@ async def watch_expirations(
                             sequence=item.seq, time=convert.timestamp(item.at_us)
                         )
                     )
+                elif batched:
+                    yield expiry_pb2.WatchExpirationsResponse(
+                        events=expiry_pb2.ExpirationEvents(
+                            events=[event_response(e).event for e in item]
+                        )
+                    )
                 else:
-                    yield event_response(item)
+                    yield event_response(item[0])
     except grpc.aio.AbortError:
         raise
     except Exception as error:

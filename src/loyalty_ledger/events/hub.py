@@ -378,7 +378,23 @@ class ExpirationHub:
     async def subscribe(
         self, watch: WatchFilter, *, after_sequence: int, from_now: bool
     ) -> AsyncGenerator[StoredEvent | Heartbeat, None]:
-        """Stored events after `after_sequence` (unless `from_now`), then live ones.
+        """Stored events after `after_sequence` (unless `from_now`), then live ones, one at
+        a time (see `subscribe_batches`)."""
+        batches = self.subscribe_batches(
+            watch, after_sequence=after_sequence, from_now=from_now, batch_max=1
+        )
+        async with contextlib.aclosing(batches):
+            async for item in batches:
+                if isinstance(item, Heartbeat):
+                    yield item
+                else:
+                    yield item[0]
+
+    async def subscribe_batches(
+        self, watch: WatchFilter, *, after_sequence: int, from_now: bool, batch_max: int
+    ) -> AsyncGenerator[list[StoredEvent] | Heartbeat, None]:
+        """Stored events after `after_sequence` (unless `from_now`), then live ones, in
+        sequence order, in lists of 1 to `batch_max`: the events ready at that moment.
 
         Ends with Unavailable when the hub stops, and with ResourceExhausted when the
         subscriber falls more than `buffer_max` events behind; both carry `last_sequence`.
@@ -408,11 +424,12 @@ class ExpirationHub:
                     self._replay_page, watch=watch, low=cursor, high=registered_at
                 )
                 page = await self.db.read(fetch)
-                for event in page:
+                for start in range(0, len(page), batch_max):
                     if subscriber.closed:
                         raise Unavailable(SHUTTING_DOWN, last_sequence=last)
-                    last = event.seq
-                    yield event
+                    batch = page[start : start + batch_max]
+                    last = batch[-1].seq
+                    yield batch
                 cursor = page[-1].seq if len(page) == READ_PAGE_MAX else registered_at
             while True:  # live events after R
                 if subscriber.closed:
@@ -439,12 +456,19 @@ class ExpirationHub:
                         if subscriber.queue.empty() and not subscriber.closed:
                             yield Heartbeat(max(subscriber.examined, last), self.clock.now_us())
                         continue
-                if item is None:
-                    continue  # the stop signal: `closed` is checked at the top
-                if item.seq <= last:
-                    continue  # resumed past it (after_sequence beyond this hub's R)
-                last = item.seq
-                yield item
+                batch = []
+                while item is not None:  # None: the stop signal; `closed` is checked above
+                    if item.seq > last:  # else resumed past it (after_sequence beyond R)
+                        batch.append(item)
+                        last = item.seq
+                    if len(batch) == batch_max:
+                        break
+                    try:
+                        item = subscriber.queue.get_nowait()
+                    except asyncio.QueueEmpty:
+                        break
+                if batch:
+                    yield batch
         finally:
             self._subscribers.discard(subscriber)
             self._open.discard(subscriber)
