@@ -245,3 +245,36 @@ async def test_a_writer_that_cannot_make_its_engine_fails_to_start_instead_of_ha
         await asyncio.wait_for(writer.start(), 5)
     with pytest.raises(Unavailable):
         await writer.submit(insert(1))
+
+
+async def test_a_jobs_reads_are_fetched_when_they_execute(db: Database) -> None:
+    """The writer's connection fetches a SELECT's rows as it executes (sqlite_sync.py), as the
+    async driver did: a job that writes while it walks a result walks what it read."""
+    await db.write(insert(1))
+    await db.write(insert(2))
+
+    async def copy_forward(conn: AsyncConnection) -> list[int]:
+        walked = []
+        for row in await conn.execute(text("SELECT id FROM notes ORDER BY id")):
+            walked.append(row.id)
+            # A lazily fetched cursor would walk into these rows too, and never end.
+            await conn.execute(
+                text("INSERT INTO notes (id, note) VALUES (:id, 'copy')"), {"id": row.id + 100}
+            )
+        return walked
+
+    assert await db.write(copy_forward) == [1, 2]
+    assert sorted(await notes(db)) == [1, 2, 101, 102]
+
+
+async def test_a_statement_outside_transactions_waits_for_the_transaction_under_way(
+    db: Database,
+) -> None:
+    release, blocker = await hold_writer(db)
+    outside = asyncio.create_task(db.sqlite_writer_statement("PRAGMA query_only = OFF"))
+    await asyncio.sleep(0.1)
+    assert not outside.done()  # the writer's one connection is in the blocker's transaction
+    release.set()
+    await blocker
+    await asyncio.wait_for(outside, 5)
+    assert await db.write(insert(3)) == "done 3"

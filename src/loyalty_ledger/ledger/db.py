@@ -19,20 +19,23 @@ import random
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
-from sqlalchemy import event
-from sqlalchemy.engine import make_url
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import QueuePool
 
 from loyalty_ledger.domain.errors import ResourceExhausted, Unavailable
 from loyalty_ledger.ledger.sqlite_inline import inline_creator
+from loyalty_ledger.ledger.sqlite_sync import SyncBackedConnection, sync_creator
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+E = TypeVar("E", AsyncEngine, Engine)
 Job = Callable[[AsyncConnection], Awaitable[T]]
 
 # PostgreSQL SQLSTATEs that mean "try the whole transaction again".
@@ -80,8 +83,23 @@ def _sqlite_engine(
         engine = create_async_engine(
             url, pool_size=SQLITE_READ_POOL_SIZE, max_overflow=SQLITE_READ_MAX_OVERFLOW
         )
+    _configure_sqlite(engine.sync_engine, write=write, busy_timeout_ms=busy_timeout_ms)
+    return engine
 
-    @event.listens_for(engine.sync_engine, "connect")
+
+def _sqlite_writer_engine(url: str, *, busy_timeout_ms: int) -> Engine:
+    """The writer's synchronous engine (sqlite_sync.py), to be used on the writer's thread."""
+    ensure_sqlite_folder(url)
+    path = make_url(url).database or ":memory:"
+    engine = create_engine(
+        "sqlite://", creator=sync_creator(path), poolclass=QueuePool, pool_size=1, max_overflow=0
+    )
+    _configure_sqlite(engine, write=True, busy_timeout_ms=busy_timeout_ms)
+    return engine
+
+
+def _configure_sqlite(engine: Engine, *, write: bool, busy_timeout_ms: int) -> None:
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let us issue BEGIN ourselves; pysqlite's implicit transactions defer the lock.
         dbapi_connection.isolation_level = None
@@ -100,25 +118,23 @@ def _sqlite_engine(
             cursor.execute(f"PRAGMA wal_autocheckpoint={SQLITE_WAL_AUTOCHECKPOINT_PAGES}")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         # The writer takes the write lock up front, so a transaction never fails halfway
         # on a lock upgrade; readers take a plain deferred snapshot.
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
-    return engine
 
-
-class LoopThread:
+class LoopThread(Generic[E]):
     """A thread running an event loop of its own, with a SQLite engine made (and only used)
     there. Blocking on the database in it holds up nothing but that loop."""
 
-    def __init__(self, name: str, make_engine: Callable[[], AsyncEngine]) -> None:
+    def __init__(self, name: str, make_engine: Callable[[], E]) -> None:
         self.name = name
-        self._make_engine = make_engine
+        self._make_engine: Callable[[], E] = make_engine
         self._thread: threading.Thread | None = None
         self.loop: asyncio.AbstractEventLoop | None = None  # None: not (or no longer) running
-        self.engine: AsyncEngine | None = None
+        self.engine: E | None = None
         self._failed: BaseException | None = None  # why the thread could not start
 
     async def start(self, on_start: Callable[[], None] | None = None) -> None:
@@ -152,7 +168,10 @@ class LoopThread:
         try:
             loop.run_forever()
         finally:
-            loop.run_until_complete(engine.dispose())
+            if isinstance(engine, AsyncEngine):
+                loop.run_until_complete(engine.dispose())
+            else:
+                engine.dispose()
             loop.close()
 
     async def stop(self, last: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -173,7 +192,9 @@ class ReaderPool:
     caller's context, and is cancelled with its caller."""
 
     def __init__(self, make_engine: Callable[[], AsyncEngine], threads: int) -> None:
-        self._threads = [LoopThread(f"sqlite-reader-{i}", make_engine) for i in range(threads)]
+        self._threads = [
+            LoopThread[AsyncEngine](f"sqlite-reader-{i}", make_engine) for i in range(threads)
+        ]
         self._reading = [0] * threads  # reads under way per thread (callers' loop only)
 
     @property
@@ -343,8 +364,9 @@ class SingleWriter:
     """Runs write jobs one at a time on one connection, in arrival order, with group commit.
 
     The writer has a thread and an event loop of its own, and its connection calls `sqlite3`
-    in place (sqlite_inline.py): a job's statements cost no thread round trips, and waiting
-    on the disk there holds up no RPC. Jobs that queue up while a transaction is under way
+    in place through SQLAlchemy's synchronous engine (sqlite_sync.py): a job's statements
+    cost no thread round trips and no greenlets, and waiting on the disk there holds up no
+    RPC. Jobs that queue up while a transaction is under way
     are committed together: one `BEGIN IMMEDIATE`, a SAVEPOINT per job (a failing job rolls
     back only its own work), one COMMIT (one fsync); only then is each caller answered. If
     the shared transaction itself fails (the disk fills at COMMIT, say), each of its jobs
@@ -353,12 +375,15 @@ class SingleWriter:
 
     def __init__(
         self,
-        make_engine: Callable[[], AsyncEngine],
+        make_engine: Callable[[], Engine],
         queue_max: int,
         batch_max: int = 64,
         turn: WriterTurn | None = None,
     ) -> None:
-        self._thread = LoopThread("sqlite-writer", make_engine)
+        self._thread = LoopThread[Engine]("sqlite-writer", make_engine)
+        # The one connection is used by one transaction (or one outside statement) at a
+        # time; a second checkout would block the writer's thread.
+        self._connection_free: asyncio.Lock | None = None
         self._turn = turn
         self.queue_max = queue_max
         self.batch_max = batch_max
@@ -374,6 +399,7 @@ class SingleWriter:
     def _on_thread_start(self) -> None:
         """(Writer thread, before its loop runs) The queue and the batch loop."""
         self._queue = asyncio.Queue()
+        self._connection_free = asyncio.Lock()
         self._task = asyncio.get_event_loop().create_task(self._run(), name="sqlite-writer")
 
     async def stop(self) -> None:
@@ -416,9 +442,10 @@ class SingleWriter:
             raise Unavailable("the writer is not running")
 
         async def run() -> None:
-            async with engine.connect() as conn:
-                raw = await conn.get_raw_connection()
-                await raw.driver_connection.execute(statement)  # type: ignore[union-attr]
+            assert self._connection_free is not None
+            async with self._connection_free:
+                with engine.connect() as conn:
+                    conn.connection.driver_connection.execute(statement)  # type: ignore[union-attr]
 
         await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(run(), loop))
 
@@ -438,17 +465,15 @@ class SingleWriter:
 
     async def _commit(self, batch: list[_Write]) -> None:
         """(Writer thread) Run `batch` in one transaction; answer each job after COMMIT."""
-        assert self._thread.engine is not None
+        engine, connection_free = self._thread.engine, self._connection_free
+        assert engine is not None and connection_free is not None
         outcomes: list[tuple[Any, bool]] = []
         began = False
         try:
-            async with self._take_turn(), self._thread.engine.begin() as conn:
-                began = True
-                if len(batch) == 1:  # alone: any failure rolls the whole transaction back
-                    outcomes.append((await _in_context(conn, batch[0]), False))
-                else:
-                    for write in batch:
-                        outcomes.append(await _in_savepoint(conn, write))
+            async with self._take_turn(), connection_free:
+                with engine.begin() as sync_conn:
+                    began = True
+                    await self._run_batch(SyncBackedConnection(sync_conn), batch, outcomes)
         except asyncio.CancelledError:
             for write in batch:
                 write.settle(Unavailable("the server is shutting down"), failed=True)
@@ -467,6 +492,18 @@ class SingleWriter:
         self.jobs_committed += len(batch)
         for write, (outcome, failed) in zip(batch, outcomes, strict=True):
             write.settle(outcome, failed=failed)
+
+    @staticmethod
+    async def _run_batch(
+        facade: SyncBackedConnection, batch: list[_Write], outcomes: list[tuple[Any, bool]]
+    ) -> None:
+        # Jobs are typed for AsyncConnection; the facade has the part of it they use.
+        conn = cast(AsyncConnection, facade)
+        if len(batch) == 1:  # alone: any failure rolls the whole transaction back
+            outcomes.append((await _in_context(conn, batch[0]), False))
+        else:
+            for write in batch:
+                outcomes.append(await _in_savepoint(conn, write))
 
 
 async def _in_context(conn: AsyncConnection, write: _Write) -> Any:
@@ -589,9 +626,7 @@ class Database:
                 url, write=False, busy_timeout_ms=sqlite_busy_timeout_ms
             )
             self._writer = SingleWriter(
-                lambda: _sqlite_engine(
-                    url, write=True, busy_timeout_ms=sqlite_busy_timeout_ms, inline_pool=1
-                ),
+                lambda: _sqlite_writer_engine(url, busy_timeout_ms=sqlite_busy_timeout_ms),
                 writer_queue_max,
                 turn=_writer_turn(url, sqlite_busy_timeout_ms),
             )
