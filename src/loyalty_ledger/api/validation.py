@@ -16,6 +16,7 @@ from loyalty_ledger.domain.errors import FieldViolation, InvalidArgument
 from loyalty_ledger.domain.timeutil import to_us
 
 _ASSET_CODE = re.compile(r"^[A-Z][A-Z0-9_]{1,11}$")
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f]")  # ord(ch) < 32
 _TAG = re.compile(r"^[a-z0-9_:-]{1,64}$")
 _SCHEME_ID = re.compile(
     rf"^[a-z0-9][a-z0-9_-]{{{limits.SCHEME_ID_CHARS_MIN - 1},{limits.ID_CHARS_MAX - 1}}}$"
@@ -44,7 +45,7 @@ class Checks:
             self.fail(field_path, "is required")
         elif len(value) > max_chars:
             self.fail(field_path, f"must be at most {max_chars} characters (got {len(value)})")
-        elif any(ord(ch) < 32 for ch in value):
+        elif _CONTROL_CHARACTER.search(value):
             self.fail(field_path, "must not contain control characters")
 
     def request_id(self, value: str) -> None:
