@@ -40,3 +40,16 @@ def test_the_shared_messages_are_bounded() -> None:
         watch.event_response(stored(seq, f"evt_{seq}"))
     assert len(watch._responses) == watch.RESPONSES_SHARED_MAX
     assert 2_000_000 not in watch._responses  # the oldest went first
+
+
+def test_an_event_alone_in_a_batch_message_is_shared_and_a_batch_is_not() -> None:
+    first, second = stored(3_000_001, "evt_1"), stored(3_000_002, "evt_2")
+    alone = watch.batch_response([first])
+    assert watch.batch_response([first]) is alone
+    assert list(alone.events.events) == [watch.event_to_proto(first)]
+    assert alone.WhichOneof("message") == "events"
+    both = watch.batch_response([first, second])
+    assert [e.sequence for e in both.events.events] == [3_000_001, 3_000_002]
+    assert watch.batch_response([first, second]) is not both
+    # The one-event-per-message form of the same event is its own shared message.
+    assert watch.event_response(first).WhichOneof("message") == "event"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TypeAlias
 
 import grpc
@@ -55,18 +55,48 @@ def watch_filter(request: expiry_pb2.WatchExpirationsRequest) -> WatchFilter:
 # converted once, not once per subscriber (that was most of the server's CPU per delivery).
 RESPONSES_SHARED_MAX = 4_096
 _responses: OrderedDict[int, tuple[str, expiry_pb2.WatchExpirationsResponse]] = OrderedDict()
+_alone_in_events: OrderedDict[int, tuple[str, expiry_pb2.WatchExpirationsResponse]] = OrderedDict()
 
 
 def event_response(event: StoredEvent) -> expiry_pb2.WatchExpirationsResponse:
-    """The stream message of `event`, shared by every stream that delivers it (streams
-    only serialize it, never change it)."""
-    cached = _responses.get(event.seq)
+    """The stream message of `event` (in `event`), shared by every stream that delivers it
+    (streams only serialize it, never change it)."""
+    return _shared(
+        _responses,
+        event,
+        lambda: expiry_pb2.WatchExpirationsResponse(event=event_to_proto(event)),
+    )
+
+
+def batch_response(events: list[StoredEvent]) -> expiry_pb2.WatchExpirationsResponse:
+    """The stream message of `events` (in `events`, for max_events_per_message above 1). An
+    event alone, the usual case for a stream that keeps up, gets a shared message too."""
+    if len(events) == 1:
+        (event,) = events
+        return _shared(
+            _alone_in_events,
+            event,
+            lambda: expiry_pb2.WatchExpirationsResponse(
+                events=expiry_pb2.ExpirationEvents(events=[event_response(event).event])
+            ),
+        )
+    return expiry_pb2.WatchExpirationsResponse(
+        events=expiry_pb2.ExpirationEvents(events=[event_response(e).event for e in events])
+    )
+
+
+def _shared(
+    cache: OrderedDict[int, tuple[str, expiry_pb2.WatchExpirationsResponse]],
+    event: StoredEvent,
+    build: Callable[[], expiry_pb2.WatchExpirationsResponse],
+) -> expiry_pb2.WatchExpirationsResponse:
+    cached = cache.get(event.seq)
     if cached is not None and cached[0] == event.event_id:
         return cached[1]
-    response = expiry_pb2.WatchExpirationsResponse(event=event_to_proto(event))
-    _responses[event.seq] = (event.event_id, response)
-    if len(_responses) > RESPONSES_SHARED_MAX:
-        _responses.popitem(last=False)
+    response = build()
+    cache[event.seq] = (event.event_id, response)
+    if len(cache) > RESPONSES_SHARED_MAX:
+        cache.popitem(last=False)
     return response
 
 
@@ -118,11 +148,7 @@ async def watch_expirations(
                         )
                     )
                 elif batched:
-                    yield expiry_pb2.WatchExpirationsResponse(
-                        events=expiry_pb2.ExpirationEvents(
-                            events=[event_response(e).event for e in item]
-                        )
-                    )
+                    yield batch_response(item)
                 else:
                     yield event_response(item[0])
     except grpc.aio.AbortError:
