@@ -105,7 +105,9 @@ async def test_three_replicas_run_each_job_once_and_take_over_from_a_dead_leader
             assert time.monotonic() - killed < LEASE_S + TICK_S + 3, "nobody took over"
             await asyncio.sleep(0.1)
         took = time.monotonic() - killed
-        assert now[1] == token + 1  # a new fencing token for the new holder
+        # A new, higher fencing token for the new holder. Usually token + 1; on a loaded
+        # machine a renewal that came late may have handed the lease on once more meanwhile.
+        assert now[1] > token
         assert took <= LEASE_S + TICK_S + 1, took
     finally:
         for replica in replicas:
