@@ -182,7 +182,7 @@ async def test_a_write_releases_a_lapsed_hold_first(
         await ledger.write(lambda tx: tx.credit(points(wallet, 1)))
     elif write == "spend":
         # Only the released 40 make this spend possible (61 were available before).
-        txn, spent = await ledger.write(
+        _txn, spent = await ledger.write(
             lambda tx: tx.spend(DebitCommand(wallet, "POINTS", 101, "m"))
         )
         assert spent == 101
