@@ -740,6 +740,7 @@ class Bench:
                             "admin_key": cfg.admin_key,
                             "filters": filters[i :: cfg.procs],
                             "events_per_message": cfg.events_per_message,
+                            "index": i,
                         },
                         ready,
                         stop,
@@ -821,7 +822,10 @@ class Bench:
                     achieved = events / max(sent_s, interval)
             finally:
                 stop.set()
-                outputs = [results.get(timeout=60) for _ in procs]
+                # The queue hands results over in the order the processes finish.
+                outputs = sorted(
+                    (results.get(timeout=60) for _ in procs), key=lambda out: out["index"]
+                )
                 for proc in procs:
                     proc.join(10)
             server.check_alive()

@@ -357,6 +357,7 @@ async def _subscribe(spec: dict[str, Any], ready: Any, stop: Any) -> dict[str, A
         await asyncio.gather(*tasks, return_exceptions=True)
     await client.close()
     return {
+        "index": spec["index"],  # which of the harness's processes: its share of the filters
         "arrivals": arrivals,
         "errors": dict(errors),
         "client_cpu_s": cpu,
