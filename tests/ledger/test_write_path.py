@@ -217,3 +217,22 @@ async def test_statements_per_credit_and_spend(ledger: Ledger, clock: TestClock)
         await ledger.write(lambda tx: tx.credit(points(wallet, 100)))
     # The holds and their allocations are read, and the hold released, first.
     assert with_lapsed_hold["SELECT"] > credit["SELECT"]
+
+
+async def test_a_redemption_costs_the_statements_of_a_spend(ledger: Ledger) -> None:
+    """RedeemPoints locks the wallet once and spends under that lock (not a second lock)."""
+    scheme = replace(
+        SCHEME,
+        assets={"POINTS": 0, "EUR": 2},
+        redemption_rates=(RedemptionRate("POINTS", 100, "EUR", 50),),
+    )
+    wallet = await new_wallet(ledger, scheme)
+    await ledger.write(lambda tx: tx.credit(points(wallet, 1_000)))
+    with counted() as spend:
+        await ledger.write(lambda tx: tx.spend(DebitCommand(wallet, "POINTS", 100, "m")))
+    with counted() as redeem:
+        txn, spent = await ledger.write(
+            lambda tx: tx.redeem_points(DebitCommand(wallet, "POINTS", 0, "m"), "EUR", 50)
+        )
+    assert spent == 100 and txn.metadata["redeemed_value"] == "50"
+    assert redeem == spend

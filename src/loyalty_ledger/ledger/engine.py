@@ -1093,6 +1093,12 @@ class PostingTx(Reader):
 
     async def spend(self, cmd: DebitCommand) -> tuple[TransactionRecord, int]:
         wallet, scheme = await self._lock_wallet_with_scheme(cmd.wallet_id)
+        return await self._spend_locked(wallet, scheme, cmd)
+
+    async def _spend_locked(
+        self, wallet: WalletRecord, scheme: SchemeRecord, cmd: DebitCommand
+    ) -> tuple[TransactionRecord, int]:
+        """`spend` once the wallet is locked (its lapsed holds released)."""
         lots, plan = await self._debit_plan(wallet, scheme, cmd)
         journal = _Journal(
             TxType.SPEND,
@@ -1122,11 +1128,12 @@ class PostingTx(Reader):
         self, cmd: DebitCommand, currency: str, value: int
     ) -> tuple[TransactionRecord, int]:
         """Spend the points `value` costs at the scheme's rate; the entry records both."""
-        _wallet, scheme = await self._lock_wallet_with_scheme(cmd.wallet_id)
+        wallet, scheme = await self._lock_wallet_with_scheme(cmd.wallet_id)
         rate = rate_for(scheme, cmd.asset, currency)
         points = rate.points_for(value)
         metadata = {"redeemed_value": str(value), "redeemed_currency": currency}
-        return await self.spend(replace(cmd, amount=points, metadata=cmd.metadata | metadata))
+        redeemed = replace(cmd, amount=points, metadata=cmd.metadata | metadata)
+        return await self._spend_locked(wallet, scheme, redeemed)
 
     async def authorize_hold(
         self, cmd: DebitCommand, ttl_us: int
