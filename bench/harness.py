@@ -96,6 +96,8 @@ class Config:
     only: set[str]
     src: str = ""  # a folder holding src/ and generated/ of the code under test; "": worktree
     profile: str = ""  # folder for py-spy profiles of the server, one per measured phase
+    profile_gil: bool = False  # py-spy samples only the thread holding the GIL (CPU, not waits)
+    d_rate: float = 0.0  # (d) at this rate instead of half of (a)/(b)'s; 0: half
 
 
 @dataclass
@@ -407,6 +409,8 @@ class Bench:
         out.parent.mkdir(parents=True, exist_ok=True)
         argv = [str(BIN / "py-spy"), "record", "--nonblocking", "--pid", str(server.proc.pid)]
         argv += ["--duration", str(max(1, int(duration))), "--format", "raw", "-o", str(out)]
+        if self.cfg.profile_gil:
+            argv.append("--gil")
         return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def check(self, row: Row) -> None:
@@ -544,17 +548,18 @@ class Bench:
             hot = seeded[0][0]
             mix = {"wallets": wallets, "award_share": 0.5}
             max_rate = None
-            if main in want or "d" in want:
+            if main in want or ("d" in want and not cfg.d_rate):
                 what = f"awards+spends 50/50 over {len(wallets):,} wallets"
                 row = self.throughput_row(main, backend, what, server, "mix", mix)
                 max_rate = row.ops_per_s
-            if "d" in want and max_rate:
-                rate = max_rate / 2
+            if "d" in want and (max_rate or cfg.d_rate):
+                rate = cfg.d_rate or max_rate / 2  # type: ignore[operator]
                 result = self.load(server, "mix", mix, rate=rate, label=f"d-{backend}")
                 row = Row(
                     "d",
                     backend,
-                    f"the mix paced open loop at {rate:,.0f}/s (half of ({main}))",
+                    f"the mix paced open loop at {rate:,.0f}/s "
+                    + ("(--d-rate)" if cfg.d_rate else f"(half of ({main}))"),
                     ops_per_s=result["ops_per_s"],
                     p50_ms=result["p50_ms"],
                     p99_ms=result["p99_ms"],
@@ -1039,6 +1044,19 @@ def parse_args(argv: list[str] | None = None) -> Config:
     parser.add_argument(
         "--profile", default="", help="folder: py-spy profiles of the server, one per phase"
     )
+    parser.add_argument(
+        "--profile-gil",
+        action="store_true",
+        help="with --profile: sample only the thread holding the GIL (py-spy --gil), so the "
+        "profile shows where CPU goes, not where threads wait",
+    )
+    parser.add_argument(
+        "--d-rate",
+        type=float,
+        default=0,
+        help="(d): offer this rate (ops/s) instead of half of what (a)/(b) reached, and skip "
+        "(a)/(b) unless asked for: the same load for both sides of a back-to-back pair",
+    )
     args = parser.parse_args(argv)
     quick = args.quick
     cfg = Config(
@@ -1065,6 +1083,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
     cfg.backends = set(args.backends.split(","))  # type: ignore[attr-defined]
     cfg.src = args.src
     cfg.profile = str(Path(args.profile).resolve()) if args.profile else ""
+    cfg.profile_gil = args.profile_gil
+    cfg.d_rate = args.d_rate
     return cfg
 
 
