@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from pathlib import Path
@@ -326,6 +327,19 @@ class App:
         await self.db.close()
 
 
+def freeze_startup_heap() -> None:
+    """Collect once, then take every object alive now out of the garbage collector's sight.
+
+    What startup built (modules, protobuf descriptors, SQLAlchemy's tables, gRPC's
+    handlers) lives as long as the process. Left in the oldest generation,
+    the collector walks all of it in every full collection, which under load came every few
+    seconds and stopped every thread for 50-80 ms: the tail of the latencies. Frozen, a full
+    collection walks only what was allocated since. Garbage made later is still collected.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully."""
     app = App(settings)
@@ -334,6 +348,7 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await app.start()
+    freeze_startup_heap()
     if app.metrics_port:
         log.info("metrics on http://%s:%d/metrics", settings.metrics_host, app.metrics_port)
     print(f"loyalty ledger listening on {settings.host}:{app.port}", flush=True)
