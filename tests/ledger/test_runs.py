@@ -8,7 +8,7 @@ from dataclasses import replace
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import BigInteger, func, literal, select
 from sqlalchemy.exc import IntegrityError
 
 from loyalty_ledger.clock import TestClock
@@ -18,6 +18,7 @@ from loyalty_ledger.domain.spend_order import Funding
 from loyalty_ledger.jobs.runner import Runner
 from loyalty_ledger.ledger import tables as t
 from loyalty_ledger.ledger.engine import CreditCommand, DebitCommand, Tx
+from loyalty_ledger.ledger.expiry_chunk import expire_whole_lots
 from loyalty_ledger.ledger.records import HoldStatus, LotState, RunKind, RunStatus, TxType
 from loyalty_ledger.ledger.service import Ledger
 from tests.invariants import check_invariants
@@ -188,12 +189,14 @@ async def test_the_schema_refuses_a_second_expiry_of_a_lot(
     await setup_lots(ledger, clock, [3])
     clock.advance(timedelta(hours=2))
     await Runner(ledger).run(RunKind.EXPIRY, clock.now_us(), "test")
-    lot_id = await ledger.read(lambda r: r.conn.scalar(select(t.lots.c.id)))
+    lot = await ledger.read(lambda r: r.conn.execute(select(t.lots.c.id, t.lots.c.wallet_id)))
+    lot = lot.one()
 
     async def expire_again(tx: Tx) -> None:
         await tx.conn.execute(
             t.lot_expirations.insert().values(
-                lot_id=lot_id,
+                wallet_id=lot.wallet_id,
+                lot_id=lot.id,
                 run_id=None,
                 transaction_id=None,
                 amount=0,
@@ -203,6 +206,34 @@ async def test_the_schema_refuses_a_second_expiry_of_a_lot(
 
     with pytest.raises(IntegrityError):
         await ledger.write(expire_again)
+
+
+async def test_a_chunk_expires_the_amounts_it_posts_or_nothing(
+    ledger: Ledger, clock: TestClock
+) -> None:
+    """A chunk copied a lot with 10 left, but 4 went meanwhile (a stale copy): the lot cannot
+    give up the 10 the entry would post, so the chunk fails whole instead of posting 10 and
+    closing the lot with 6."""
+    (wallet,) = await setup_lots(ledger, clock, [10], wallets=1)
+    await ledger.write(lambda tx: tx.spend(DebitCommand(wallet, "POINTS", 4, "m2")))
+    clock.advance(timedelta(hours=2))
+    stale = select(
+        *(
+            literal(10, BigInteger).label("remaining") if c.name == "remaining" else c
+            for c in t.lots.c
+        )
+    )
+
+    with pytest.raises(IntegrityError):
+        await ledger.write(
+            lambda tx: expire_whole_lots(tx.conn, stale, run_id=None, now_us=tx.now_us)
+        )
+    assert await count(ledger, t.lot_expirations) == 0
+    assert await count(ledger, t.transactions, t.transactions.c.type == TxType.EXPIRE.value) == 0
+    run = await Runner(ledger).run(RunKind.EXPIRY, clock.now_us(), "test")
+    assert run.items_processed == 1
+    assert await expired_by_wallet(ledger) == {wallet: 6}
+    await ledger.read(lambda r: check_invariants(r.conn))
 
 
 async def test_held_value_survives_expiry_and_expires_when_released(

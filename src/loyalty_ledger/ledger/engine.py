@@ -1593,7 +1593,7 @@ class Tx(PostingTx):
     def _due_lots_query(self, as_of_us: int, chunk_max: int) -> Any:
         query = (
             select(t.lots)
-            .where(t.lots.c.state == LotState.OPEN.value, t.lots.c.expires_at_us <= as_of_us)
+            .where(t.LOT_IS_OPEN, t.lots.c.expires_at_us <= as_of_us)
             .order_by(*t.EXPIRY_ORDER)
             .limit(chunk_max)
         )
@@ -1638,7 +1638,8 @@ class Tx(PostingTx):
         txn_id: str = (
             await self.conn.execute(
                 select(t.lot_expirations.c.transaction_id).where(
-                    t.lot_expirations.c.lot_id == lot.id
+                    t.lot_expirations.c.wallet_id == lot.wallet_id,
+                    t.lot_expirations.c.lot_id == lot.id,
                 )
             )
         ).scalar_one()
@@ -1734,7 +1735,7 @@ class Tx(PostingTx):
                 .join(t.wallets, t.wallets.c.id == t.lots.c.wallet_id)
                 .where(
                     t.lots.c.scheme_id == scheme_id,
-                    t.lots.c.state == LotState.OPEN.value,
+                    t.LOT_IS_OPEN,
                     t.lots.c.remaining > 0,
                     t.lots.c.expires_at_us > as_of_us,
                     t.lots.c.expires_at_us <= as_of_us + lead * 1_000_000,
@@ -1804,7 +1805,7 @@ class Tx(PostingTx):
         query = (
             select(lots)
             .where(
-                lots.c.state == LotState.OPEN.value,
+                t.LOT_IS_OPEN,
                 lots.c.inactivity_days.is_not(None),
                 lots.c.funding == Funding.PROMOTIONAL.value,
                 lots.c.remaining > 0,

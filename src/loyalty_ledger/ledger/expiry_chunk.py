@@ -10,7 +10,12 @@ database, and every row the ledger needs is written from it with INSERT ... SELE
   engine.py says for the one-lot path);
 - one allocation and one EXPIRED outbox event per lot that still had value;
 - one `lot_expirations` row per lot, whose primary key refuses a second expiry (rule 5);
-- the lots themselves: the whole remainder moves to `expired`, the state to EXPIRED.
+- the lots themselves: the remainder copied into the chunk moves to `expired`, the state to
+  EXPIRED.
+
+Every per-lot row is keyed or indexed by wallet first (`lot_expirations`, `allocations`), and
+the expiry index holds open lots only, so a run that goes wallet by wallet appends to those
+B-trees in order instead of dirtying a page per lot (migration 0016).
 
 Value still held by an active hold is not touched (it stays held; see docs/expiry.md).
 """
@@ -34,33 +39,67 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.sql import Select, Subquery
+from sqlalchemy.sql import Select
 
-from loyalty_ledger.ledger import tables as t
 from loyalty_ledger.ledger.ids import new_id
 
-# A scratch table of the connection, never part of the schema (so never migrated).
+# Scratch tables of the connection, never part of the schema (so never migrated). Their
+# numbers come from their autoincrementing keys in insertion order (the rowid on SQLite, a
+# sequence on PostgreSQL), not from window functions, which cost more than the rest of the
+# copy together. They only need to be unique within the chunk (ids carry a fresh prefix).
+# PostgreSQL empties them at every commit (it never vacuums temporary tables by itself).
 _scratch = MetaData()
 expiry_chunk = Table(
     "expiry_chunk",
     _scratch,
-    Column("n", Integer, nullable=False),  # the lot's number in the chunk: 1, 2, ...
-    Column("wallet_n", Integer, nullable=False),  # the wallet's number in the chunk
+    Column("n", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),  # lot
+    Column("wallet_n", Integer, nullable=True),  # the wallet's number, from chunk_wallets
     Column("lot_id", String(64), nullable=False),
     Column("wallet_id", String(64), nullable=False),
     Column("scheme_id", String(64), nullable=False),
-    Column("customer_ref", String(128), nullable=False),
+    Column("customer_ref", String(128), nullable=True),  # from chunk_wallets
     Column("asset", String(12), nullable=False),
     Column("remaining", BigInteger, nullable=False),
     Column("funding", String(16), nullable=False),
     Column("sponsor_id", String(64), nullable=True),
     Column("expires_at_us", BigInteger, nullable=True),
     prefixes=["TEMPORARY"],
+    postgresql_on_commit="DELETE ROWS",
+)
+chunk_wallets = Table(
+    "chunk_wallets",
+    _scratch,
+    Column("wallet_n", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    Column("wallet_id", String(64), nullable=False, unique=True),
+    Column("customer_ref", String(128), nullable=False),
+    prefixes=["TEMPORARY"],
+    postgresql_on_commit="DELETE ROWS",
+)
+
+_LOT_COLUMNS = (
+    "lot_id",
+    "wallet_id",
+    "scheme_id",
+    "asset",
+    "remaining",
+    "funding",
+    "sponsor_id",
+    "expires_at_us",
 )
 
 _TXN_ID = "(:txn_prefix || '.' || CAST(wallet_n AS TEXT))"
 
 _STATEMENTS = (
+    # The chunk's wallets, numbered, with their customer references (read once per wallet).
+    """
+    INSERT INTO chunk_wallets (wallet_id, customer_ref)
+    SELECT id, customer_ref FROM wallets
+    WHERE id IN (SELECT wallet_id FROM expiry_chunk) ORDER BY id
+    """,
+    """
+    UPDATE expiry_chunk SET wallet_n = w.wallet_n, customer_ref = w.customer_ref
+    FROM chunk_wallets AS w WHERE w.wallet_id = expiry_chunk.wallet_id
+    """,
     # One EXPIRE entry per wallet that loses value.
     f"""
     INSERT INTO transactions (id, type, scheme_id, wallet_id, reference, metadata, created_at_us)
@@ -108,13 +147,19 @@ _STATEMENTS = (
     """,
     # Rule 5 in the schema: the primary key makes a second expiry of any lot fail.
     f"""
-    INSERT INTO lot_expirations (lot_id, run_id, transaction_id, amount, expired_at_us)
-    SELECT lot_id, :run_id, CASE WHEN remaining > 0 THEN {_TXN_ID} END, remaining, :now_us
+    INSERT INTO lot_expirations
+        (wallet_id, lot_id, run_id, transaction_id, amount, expired_at_us)
+    SELECT wallet_id, lot_id, :run_id, CASE WHEN remaining > 0 THEN {_TXN_ID} END, remaining,
+           :now_us
     FROM expiry_chunk ORDER BY n
     """,
+    # The lots give up exactly the amounts posted above (not whatever they hold by now): had
+    # any of it gone meanwhile, `remaining` would go negative and its CHECK refuse the chunk.
     """
-    UPDATE lots SET expired = expired + remaining, remaining = 0, state = 'EXPIRED'
-    WHERE id IN (SELECT lot_id FROM expiry_chunk)
+    UPDATE lots SET expired = lots.expired + e.remaining,
+                    remaining = lots.remaining - e.remaining,
+                    state = 'EXPIRED'
+    FROM expiry_chunk AS e WHERE lots.id = e.lot_id
     """,
 )
 
@@ -152,11 +197,16 @@ async def expire_whole_lots(
     on PostgreSQL, locked with FOR UPDATE SKIP LOCKED so overlapping runs take disjoint lots.
     The caller guarantees the lots are OPEN.
     """
-    await conn.run_sync(lambda sync: expiry_chunk.create(sync, checkfirst=True))
+    await conn.run_sync(lambda sync: _scratch.create_all(sync, checkfirst=True))
     await conn.execute(expiry_chunk.delete())
+    await conn.execute(chunk_wallets.delete())
+    lots = picked.subquery("picked")
     await conn.execute(
         expiry_chunk.insert().from_select(
-            [c.name for c in expiry_chunk.columns], _numbered(picked.subquery("picked"))
+            _LOT_COLUMNS,
+            select(lots.c.id, *(lots.c[name] for name in _LOT_COLUMNS[1:])).order_by(
+                lots.c.expires_at_us, lots.c.wallet_id, lots.c.id
+            ),
         )
     )
     count: int = (await conn.execute(select(func.count()).select_from(expiry_chunk))).scalar_one()
@@ -170,26 +220,5 @@ async def expire_whole_lots(
         for statement in _statements(conn.dialect.name):
             await conn.execute(statement, params)
         await conn.execute(expiry_chunk.delete())
+        await conn.execute(chunk_wallets.delete())
     return count
-
-
-def _numbered(lots: Subquery) -> Select[Any]:
-    """The chunk's lots with their wallet's customer reference, numbered per lot and wallet."""
-    c = lots.c
-    return (
-        select(
-            func.row_number().over(order_by=(c.expires_at_us, c.wallet_id, c.id)),
-            func.dense_rank().over(order_by=c.wallet_id),
-            c.id,
-            c.wallet_id,
-            c.scheme_id,
-            t.wallets.c.customer_ref,
-            c.asset,
-            c.remaining,
-            c.funding,
-            c.sponsor_id,
-            c.expires_at_us,
-        )
-        .select_from(lots)
-        .join(t.wallets, t.wallets.c.id == c.wallet_id)
-    )

@@ -412,7 +412,7 @@ class Reader:
             select(t.lots, t.wallets.c.customer_ref)
             .join(t.wallets, t.wallets.c.id == t.lots.c.wallet_id)
             .where(
-                t.lots.c.state == LotState.OPEN.value,
+                t.LOT_IS_OPEN,
                 t.lots.c.remaining > 0,
                 t.lots.c.expires_at_us >= start_us,
                 t.lots.c.expires_at_us < end_us,

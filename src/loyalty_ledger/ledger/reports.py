@@ -221,11 +221,12 @@ class OfferOutstanding:
 
 
 def _award_lots(scheme_id: str) -> CTE:
-    """(lot_id, offer_id) of every lot holding an offer's ON_ACCOUNT award: the lots its AWARD
-    entries created, and up to COPY_DEPTH generations of their copies (`origin_lot_id`)."""
+    """(lot_id, wallet_id, offer_id) of every lot holding an offer's ON_ACCOUNT award: the lots
+    its AWARD entries created, and up to COPY_DEPTH generations of their copies
+    (`origin_lot_id`)."""
     lots, ea = t.lots, t.event_awards
     level = (
-        select(lots.c.id.label("lot_id"), ea.c.offer_id)
+        select(lots.c.id.label("lot_id"), lots.c.wallet_id, ea.c.offer_id)
         .select_from(lots.join(ea, ea.c.transaction_id == lots.c.source_transaction_id))
         .where(lots.c.scheme_id == scheme_id)
         .cte("award_lots_0")
@@ -233,12 +234,14 @@ def _award_lots(scheme_id: str) -> CTE:
     levels = [level]
     for depth in range(1, COPY_DEPTH + 1):
         level = (
-            select(lots.c.id.label("lot_id"), level.c.offer_id)
+            select(lots.c.id.label("lot_id"), lots.c.wallet_id, level.c.offer_id)
             .select_from(lots.join(level, lots.c.origin_lot_id == level.c.lot_id))
             .cte(f"award_lots_{depth}")
         )
         levels.append(level)
-    return union_all(*(select(lv.c.lot_id, lv.c.offer_id) for lv in levels)).cte("award_lots")
+    return union_all(*(select(lv.c.lot_id, lv.c.wallet_id, lv.c.offer_id) for lv in levels)).cte(
+        "award_lots"
+    )
 
 
 async def offer_months(
@@ -277,9 +280,10 @@ async def offer_months(
             case((txs.c.type == TxType.EXPIRE.value, alloc.c.amount), else_=zero).label("expired"),
         )
         .select_from(
-            family.join(alloc, alloc.c.lot_id == family.c.lot_id).join(
-                txs, txs.c.id == alloc.c.transaction_id
-            )
+            family.join(
+                alloc,  # by wallet and lot: the allocations' index
+                (alloc.c.wallet_id == family.c.wallet_id) & (alloc.c.lot_id == family.c.lot_id),
+            ).join(txs, txs.c.id == alloc.c.transaction_id)
         )
         .where(
             txs.c.scheme_id == scheme_id,

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    literal_column,
     text,
 )
 
@@ -126,8 +127,21 @@ lots = Table(
     Index(None, "wallet_id", "asset", "state"),
     # Expiry chunks read due lots in (expires_at_us, wallet_id, id) order straight from this
     # index: lots due at the same instant come wallet by wallet (see ledger/expiry_chunk.py).
-    Index(None, "state", "expires_at_us", "wallet_id", "id"),
+    # Only open lots are in it, so expiring a lot deletes its entry and adds none. A query
+    # uses it only if it says `state = 'OPEN'` as a literal (`LOT_IS_OPEN`): PostgreSQL's
+    # generic plan for a bound `state = $1` cannot prove the index's condition.
+    Index(
+        "ix_lots_open_expires_at_us_wallet_id_id",
+        "expires_at_us",
+        "wallet_id",
+        "id",
+        sqlite_where=text("state = 'OPEN'"),
+        postgresql_where=text("state = 'OPEN'"),
+    ),
 )
+
+# The condition of the open-lot expiry index, as the queries that should use it must write it.
+LOT_IS_OPEN = lots.c.state == literal_column("'OPEN'")
 
 # The order in which lots expire, are warned about and are listed as upcoming: soonest first,
 # and lots due at the same instant wallet by wallet, so that an expiry chunk writes one EXPIRE
@@ -191,7 +205,9 @@ allocations = Table(
     Column("amount", Amount, nullable=False),
     CheckConstraint("amount <> 0", name="amount_non_zero"),
     Index(None, "transaction_id"),
-    Index(None, "lot_id"),
+    # A lot's allocations, found through its wallet: an expiry run writes them wallet by
+    # wallet, so keyed this way they are appended in order, not scattered over the index.
+    Index(None, "wallet_id", "lot_id"),
 )
 
 holds = Table(
@@ -272,15 +288,19 @@ runs = Table(
     Index(None, "status"),
 )
 
-# Rule 5 in the schema: a lot's primary key here means it is expired by a run at most once.
+# Rule 5 in the schema: a lot's key here means it is expired by a run at most once. A lot
+# never changes wallet (a merge copies it into a new lot), so (wallet, lot) is unique per lot;
+# the wallet leads so that a run, which expires wallet by wallet, appends to the key in order.
 lot_expirations = Table(
     "lot_expirations",
     metadata,
+    Column("wallet_id", Id, primary_key=True),
     Column("lot_id", Id, ForeignKey("lots.id"), primary_key=True),
     Column("run_id", Id, nullable=True),  # null for a manual ExpireLot
     Column("transaction_id", Id, nullable=True),  # null when nothing was left to expire
     Column("amount", Amount, nullable=False),
     Column("expired_at_us", Us, nullable=False),
+    sqlite_with_rowid=False,
 )
 
 # A warning goes out once per (lot, lead time, expiry instant): extending a lot re-arms it.
