@@ -84,7 +84,9 @@ async def _counts(url: str) -> tuple[int, int, int]:
     try:
 
         async def job(conn):  # type: ignore[no-untyped-def]
-            expirations = await conn.scalar(select(func.count()).select_from(t.lot_expirations))
+            expirations = await conn.scalar(
+                select(func.count()).select_from(t.lots).where(t.lots.c.expired_at_us.is_not(None))
+            )
             expired = await conn.scalar(select(func.coalesce(func.sum(t.lots.c.expired), 0)))
             events = await conn.scalar(
                 select(func.count())

@@ -8,7 +8,7 @@ from dataclasses import replace
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import BigInteger, func, literal, select
+from sqlalchemy import BigInteger, func, literal, select, update
 from sqlalchemy.exc import IntegrityError
 
 from loyalty_ledger.clock import TestClock
@@ -95,7 +95,7 @@ async def test_expiry_run_expires_each_due_lot_once_in_bounded_chunks(
     run = await runner.run(RunKind.EXPIRY, clock.now_us(), "test")
     assert run.status is RunStatus.SUCCEEDED
     assert (run.items_processed, run.chunks_committed) == (10, 4)  # 3 + 3 + 3 + 1
-    assert await count(ledger, t.lot_expirations) == 10
+    assert await count(ledger, t.lots, t.lots.c.expired_at_us.is_not(None)) == 10
     assert sum((await expired_by_wallet(ledger)).values()) == sum(amounts)
     assert await count(ledger, t.outbox_events, t.outbox_events.c.type == "EXPIRED") == 10
     again = await runner.run(RunKind.EXPIRY, clock.now_us(), "test")
@@ -166,7 +166,7 @@ async def test_an_interrupted_run_resumes_and_expires_the_rest_exactly_once(
     (resumed,) = await runner.resume_interrupted()
     assert resumed.id == run.id and resumed.status is RunStatus.SUCCEEDED
     assert resumed.items_processed == 9
-    assert await count(ledger, t.lot_expirations) == 9
+    assert await count(ledger, t.lots, t.lots.c.expired_at_us.is_not(None)) == 9
     assert sum((await expired_by_wallet(ledger)).values()) == sum(amounts)
     await ledger.read(lambda r: check_invariants(r.conn))
 
@@ -178,7 +178,7 @@ async def test_overlapping_runs_expire_each_lot_once(ledger: Ledger, clock: Test
     runners = [Runner(ledger, chunk_max=5) for _ in range(3)]
     runs = await asyncio.gather(*(r.run(RunKind.EXPIRY, clock.now_us(), "test") for r in runners))
     assert sum(run.items_processed for run in runs) == 40
-    assert await count(ledger, t.lot_expirations) == 40
+    assert await count(ledger, t.lots, t.lots.c.expired_at_us.is_not(None)) == 40
     assert sum((await expired_by_wallet(ledger)).values()) == sum(amounts)
     await ledger.read(lambda r: check_invariants(r.conn))
 
@@ -189,19 +189,11 @@ async def test_the_schema_refuses_a_second_expiry_of_a_lot(
     await setup_lots(ledger, clock, [3])
     clock.advance(timedelta(hours=2))
     await Runner(ledger).run(RunKind.EXPIRY, clock.now_us(), "test")
-    lot = await ledger.read(lambda r: r.conn.execute(select(t.lots.c.id, t.lots.c.wallet_id)))
-    lot = lot.one()
+    lot_id = await ledger.read(lambda r: r.conn.scalar(select(t.lots.c.id)))
 
     async def expire_again(tx: Tx) -> None:
         await tx.conn.execute(
-            t.lot_expirations.insert().values(
-                wallet_id=lot.wallet_id,
-                lot_id=lot.id,
-                run_id=None,
-                transaction_id=None,
-                amount=0,
-                expired_at_us=tx.now_us,
-            )
+            update(t.lots).where(t.lots.c.id == lot_id).values(expired_at_us=tx.now_us)
         )
 
     with pytest.raises(IntegrityError):
@@ -228,7 +220,7 @@ async def test_a_chunk_expires_the_amounts_it_posts_or_nothing(
         await ledger.write(
             lambda tx: expire_whole_lots(tx.conn, stale, run_id=None, now_us=tx.now_us)
         )
-    assert await count(ledger, t.lot_expirations) == 0
+    assert await count(ledger, t.lots, t.lots.c.expired_at_us.is_not(None)) == 0
     assert await count(ledger, t.transactions, t.transactions.c.type == TxType.EXPIRE.value) == 0
     run = await Runner(ledger).run(RunKind.EXPIRY, clock.now_us(), "test")
     assert run.items_processed == 1
@@ -449,9 +441,9 @@ async def test_one_chunk_writes_one_balanced_entry_per_wallet_and_one_event_per_
     async def entries(r):  # type: ignore[no-untyped-def]
         txns = (
             await r.conn.execute(
-                select(t.transactions.c.id, t.transactions.c.wallet_id).where(
-                    t.transactions.c.type == TxType.EXPIRE.value
-                )
+                select(
+                    t.transactions.c.id, t.transactions.c.wallet_id, t.transactions.c.metadata
+                ).where(t.transactions.c.type == TxType.EXPIRE.value)
             )
         ).all()
         postings = (
@@ -459,7 +451,13 @@ async def test_one_chunk_writes_one_balanced_entry_per_wallet_and_one_event_per_
                 select(t.postings).where(t.postings.c.transaction_id.in_([x.id for x in txns]))
             )
         ).all()
-        expirations = (await r.conn.execute(select(t.lot_expirations))).all()
+        expirations = (
+            await r.conn.execute(
+                select(t.allocations).where(
+                    t.allocations.c.transaction_id.in_([x.id for x in txns])
+                )
+            )
+        ).all()
         events = (
             await r.conn.execute(select(t.outbox_events).where(t.outbox_events.c.type == "EXPIRED"))
         ).all()
@@ -478,10 +476,12 @@ async def test_one_chunk_writes_one_balanced_entry_per_wallet_and_one_event_per_
         }
         assert got == legs
     by_lot = {e.lot_id: e for e in expirations}
-    assert len(by_lot) == len(credits)
+    assert len(by_lot) == len(expirations) == len(credits) - 1  # one allocation per lot
     held_lot = next(lot for lot in lots if lot.wallet_id == wallets[2])
-    assert by_lot[held_lot.id].transaction_id is None and by_lot[held_lot.id].amount == 0
+    assert held_lot.id not in by_lot  # nothing left to expire: no allocation
     assert (held_lot.state, held_lot.held, held_lot.remaining) == ("EXPIRED", 70, 0)
+    assert all(lot.expired_at_us == clock.now_us() for lot in lots)
+    assert {x.id: json.loads(x.metadata) for x in txns} == {x.id: {"run_id": run.id} for x in txns}
     payloads = {json.loads(e.payload)["lot_id"]: (e, json.loads(e.payload)) for e in events}
     assert held_lot.id not in payloads and len(payloads) == len(credits) - 1
     customer = {w: f"c{i}" for i, w in enumerate(wallets)}

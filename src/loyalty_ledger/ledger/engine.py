@@ -1637,9 +1637,12 @@ class Tx(PostingTx):
         )
         txn_id: str = (
             await self.conn.execute(
-                select(t.lot_expirations.c.transaction_id).where(
-                    t.lot_expirations.c.wallet_id == lot.wallet_id,
-                    t.lot_expirations.c.lot_id == lot.id,
+                select(t.allocations.c.transaction_id)
+                .join(t.transactions, t.transactions.c.id == t.allocations.c.transaction_id)
+                .where(
+                    t.allocations.c.wallet_id == lot.wallet_id,
+                    t.allocations.c.lot_id == lot.id,
+                    t.transactions.c.type == TxType.EXPIRE.value,
                 )
             )
         ).scalar_one()

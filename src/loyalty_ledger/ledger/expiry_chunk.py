@@ -9,13 +9,12 @@ database, and every row the ledger needs is written from it with INSERT ... SELE
   `sponsor:<scheme>:<sponsor>`, cash value to `breakage:<scheme>`, as `expiry_account` in
   engine.py says for the one-lot path);
 - one allocation and one EXPIRED outbox event per lot that still had value;
-- one `lot_expirations` row per lot, whose primary key refuses a second expiry (rule 5);
 - the lots themselves: the remainder copied into the chunk moves to `expired`, the state to
-  EXPIRED.
+  EXPIRED, and `expired_at_us` is set, which the schema allows once per lot (rule 5).
 
-Every per-lot row is keyed or indexed by wallet first (`lot_expirations`, `allocations`), and
-the expiry index holds open lots only, so a run that goes wallet by wallet appends to those
-B-trees in order instead of dirtying a page per lot (migration 0016).
+Per lot, that is the lot's own row, one allocation and one event (migration 0016 dropped a
+separate `lot_expirations` row), and the expiry index holds open lots only, so an expired
+lot leaves it rather than moving within it.
 
 Value still held by an active hold is not touched (it stays held; see docs/expiry.md).
 """
@@ -87,6 +86,10 @@ _LOT_COLUMNS = (
     "expires_at_us",
 )
 
+# The run that expired the entry's lots, as json.dumps(sort_keys=True) writes it (run ids are
+# letters, digits and underscores).
+_RUN_METADATA = """CASE WHEN :run_id IS NULL THEN '{}'
+                       ELSE '{"run_id": "' || :run_id || '"}' END"""
 _TXN_ID = "(:txn_prefix || '.' || CAST(wallet_n AS TEXT))"
 
 _STATEMENTS = (
@@ -103,7 +106,7 @@ _STATEMENTS = (
     # One EXPIRE entry per wallet that loses value.
     f"""
     INSERT INTO transactions (id, type, scheme_id, wallet_id, reference, metadata, created_at_us)
-    SELECT {_TXN_ID}, 'EXPIRE', MIN(scheme_id), wallet_id, '', '{{}}', :now_us
+    SELECT {_TXN_ID}, 'EXPIRE', MIN(scheme_id), wallet_id, '', {_RUN_METADATA}, :now_us
     FROM expiry_chunk WHERE remaining > 0
     GROUP BY wallet_n, wallet_id ORDER BY wallet_n
     """,
@@ -145,20 +148,15 @@ _STATEMENTS = (
            :now_us
     FROM expiry_chunk WHERE remaining > 0 ORDER BY n
     """,
-    # Rule 5 in the schema: the primary key makes a second expiry of any lot fail.
-    f"""
-    INSERT INTO lot_expirations
-        (wallet_id, lot_id, run_id, transaction_id, amount, expired_at_us)
-    SELECT wallet_id, lot_id, :run_id, CASE WHEN remaining > 0 THEN {_TXN_ID} END, remaining,
-           :now_us
-    FROM expiry_chunk ORDER BY n
-    """,
     # The lots give up exactly the amounts posted above (not whatever they hold by now): had
     # any of it gone meanwhile, `remaining` would go negative and its CHECK refuse the chunk.
+    # Rule 5 in the schema: the trigger `lots_expire_once` refuses a lot that has an
+    # `expired_at_us` already, so a second expiry of any lot fails the whole chunk.
     """
     UPDATE lots SET expired = lots.expired + e.remaining,
                     remaining = lots.remaining - e.remaining,
-                    state = 'EXPIRED'
+                    state = 'EXPIRED',
+                    expired_at_us = :now_us
     FROM expiry_chunk AS e WHERE lots.id = e.lot_id
     """,
 )

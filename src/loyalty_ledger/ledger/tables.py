@@ -118,6 +118,9 @@ lots = Table(
     Column("origin_lot_id", Id, nullable=True),
     Column("created_at_us", Us, nullable=False),
     Column("inactivity_days", Integer, nullable=True),  # INACTIVITY policy, promotional only
+    # When an expiry (a run or ExpireLot) closed the lot. Rule 5 in the schema: the trigger
+    # `lots_expire_once` (migration 0016) refuses to write it a second time.
+    Column("expired_at_us", Us, nullable=True),
     CheckConstraint("amount > 0", name="amount_positive"),
     CheckConstraint(
         "remaining >= 0 AND spent >= 0 AND held >= 0 AND expired >= 0 AND reversed >= 0",
@@ -286,21 +289,6 @@ runs = Table(
     Column("finished_at_us", Us, nullable=True),
     Index(None, "kind", "started_at_us", "id"),
     Index(None, "status"),
-)
-
-# Rule 5 in the schema: a lot's key here means it is expired by a run at most once. A lot
-# never changes wallet (a merge copies it into a new lot), so (wallet, lot) is unique per lot;
-# the wallet leads so that a run, which expires wallet by wallet, appends to the key in order.
-lot_expirations = Table(
-    "lot_expirations",
-    metadata,
-    Column("wallet_id", Id, primary_key=True),
-    Column("lot_id", Id, ForeignKey("lots.id"), primary_key=True),
-    Column("run_id", Id, nullable=True),  # null for a manual ExpireLot
-    Column("transaction_id", Id, nullable=True),  # null when nothing was left to expire
-    Column("amount", Amount, nullable=False),
-    Column("expired_at_us", Us, nullable=False),
-    sqlite_with_rowid=False,
 )
 
 # A warning goes out once per (lot, lead time, expiry instant): extending a lot re-arms it.
