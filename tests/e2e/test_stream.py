@@ -318,3 +318,46 @@ async def test_the_hub_reads_nothing_while_nobody_subscribes_and_the_first_subsc
     assert pages > 0
     await everything.aclose()
     await from_now.aclose()
+
+
+async def test_two_first_subscribers_at_once_both_get_what_commits_between_them(
+    app, clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both find nobody subscribed and catch the hub up in turn; an event that commits after
+    the first registered is the first's to get live, so the second must not move the
+    position past it."""
+    hub = app.hub
+    database_read = app.db.read
+    catch_ups = 0
+
+    async def read(job):  # type: ignore[no-untyped-def]
+        nonlocal catch_ups
+        if job == hub._start_position:
+            catch_ups += 1
+            if catch_ups == 2:  # the second subscriber's turn, once the first registered
+                await publish(app, rows(1, wallet="wal_between", now_us=clock.now_us()))
+        return await database_read(job)
+
+    monkeypatch.setattr(app.db, "read", read)
+
+    async def first_event(stream) -> StoredEvent:
+        while True:
+            item = await asyncio.wait_for(anext(stream), 5)
+            if isinstance(item, StoredEvent):
+                return item
+
+    streams = [hub.subscribe(WatchFilter(), after_sequence=0, from_now=False) for _ in range(2)]
+    async with hub._reading:  # both get past "nobody subscribed" before either catches up
+        waiting = [asyncio.ensure_future(first_event(stream)) for stream in streams]
+        await asyncio.sleep(0.1)
+    for _ in range(50):
+        if hub.subscriber_count == 2:
+            break
+        await asyncio.sleep(0.02)
+    assert hub.subscriber_count == 2
+    if catch_ups < 2:  # the second did not catch up again: publish the event now
+        await publish(app, rows(1, wallet="wal_between", now_us=clock.now_us()))
+    got = await asyncio.wait_for(asyncio.gather(*waiting), 10)  # heartbeats come meanwhile
+    assert [event.wallet_id for event in got] == ["wal_between", "wal_between"]
+    for stream in streams:
+        await stream.aclose()

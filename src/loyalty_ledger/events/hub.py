@@ -312,6 +312,8 @@ class ExpirationHub:
         nobody subscribed, up to the newest stored events; the events passed over are not
         dispatched (they are the replay's)."""
         async with self._reading:
+            if self._subscribers:
+                return  # one that waited here before us registered: the reader follows now
             await self.db.read(self._start_position)
             while await self._read_page():
                 pass
