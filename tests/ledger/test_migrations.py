@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from sqlalchemy import inspect
+import pytest
+from sqlalchemy import inspect, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from loyalty_ledger.ledger import migrate
@@ -49,3 +51,51 @@ async def test_the_migrated_schema_is_the_schema_of_tables_py(database_url: str)
     finally:
         await engine.dispose()
     assert diff == []
+
+
+async def test_0016_moves_each_expiry_onto_its_lot_and_its_run_onto_the_entry(
+    database_url: str,
+) -> None:
+    """An expiry recorded before 0016 (a lot_expirations row) becomes the lot's expiry
+    instant and the run id in its EXPIRE entry's metadata; the trigger then refuses a second
+    expiry; going down again rebuilds the row."""
+    await asyncio.to_thread(migrate.downgrade, database_url, "0015")
+    engine = create_async_engine(database_url)
+    rows = {
+        "schemes": "INSERT INTO schemes (id, name, timezone, default_expiry_policy,"
+        " refund_expired_handling, refund_grace_seconds, cash_expiry_allowed, created_at_us,"
+        " updated_at_us) VALUES ('s', 'S', 'UTC', '{\"kind\": \"NEVER\"}', 'EXPIRE', 0,"
+        " false, 1, 1)",
+        "wallets": "INSERT INTO wallets (id, scheme_id, customer_ref, status, status_reason,"
+        " metadata, created_at_us, updated_at_us) VALUES ('w', 's', 'c', 'ACTIVE', '', '{}',"
+        " 1, 1)",
+        "transactions": "INSERT INTO transactions (id, type, scheme_id, wallet_id, reference,"
+        " metadata, created_at_us) VALUES ('x', 'EXPIRE', 's', 'w', '', '{}', 5)",
+        "lots": "INSERT INTO lots (id, wallet_id, scheme_id, asset, amount, remaining,"
+        " expired, state, funding, sponsor_id, available_at_us, expires_at_us, merchant_ids,"
+        " product_ids, source_transaction_id, created_at_us) VALUES ('l', 'w', 's', 'P', 7,"
+        " 0, 7, 'EXPIRED', 'PROMOTIONAL', 'm', 1, 4, '[]', '[]', 'x', 1)",
+        "allocations": "INSERT INTO allocations (transaction_id, lot_id, wallet_id, asset,"
+        " amount) VALUES ('x', 'l', 'w', 'P', 7)",
+        "lot_expirations": "INSERT INTO lot_expirations (lot_id, run_id, transaction_id,"
+        " amount, expired_at_us) VALUES ('l', 'run_1', 'x', 7, 5)",
+    }
+    try:
+        async with engine.begin() as conn:
+            for statement in rows.values():
+                await conn.execute(text(statement))
+        await migrate.upgrade_async(database_url, migrate.head_revision())
+        async with engine.connect() as conn:
+            assert await conn.scalar(text("SELECT expired_at_us FROM lots")) == 5
+            assert await conn.scalar(text("SELECT metadata FROM transactions")) == (
+                '{"run_id": "run_1"}'
+            )
+        with pytest.raises(IntegrityError):
+            async with engine.begin() as conn:
+                await conn.execute(text("UPDATE lots SET expired_at_us = 6"))
+        await asyncio.to_thread(migrate.downgrade, database_url, "0015")
+        async with engine.connect() as conn:
+            got = (await conn.execute(text("SELECT * FROM lot_expirations"))).one()
+        assert (got.lot_id, got.transaction_id, got.amount, got.expired_at_us) == ("l", "x", 7, 5)
+    finally:
+        await engine.dispose()
