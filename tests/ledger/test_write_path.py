@@ -10,6 +10,7 @@ may skip and what it must still see.
 
 from __future__ import annotations
 
+import sqlite3
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -236,3 +237,35 @@ async def test_a_redemption_costs_the_statements_of_a_spend(ledger: Ledger) -> N
         )
     assert spent == 100 and txn.metadata["redeemed_value"] == "50"
     assert redeem == spend
+
+
+# -- reads by index -------------------------------------------------------------------------
+
+
+async def test_reversing_a_credit_finds_its_lot_without_scanning_every_lot(
+    ledger: Ledger, database_url: str
+) -> None:
+    """A reversal looks its lot up through the wallet (an index), not by scanning `lots`,
+    which holds every lot ever credited (SQLite's plan; PostgreSQL plans by its statistics)."""
+    if not is_sqlite(ledger):
+        pytest.skip("checks SQLite's query plan")
+    wallet = await new_wallet(ledger)
+    txn, _ = await ledger.write(lambda tx: tx.credit(points(wallet, 10)))
+    lot_reads: list[tuple[str, Any]] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and " lots" in statement:
+            lot_reads.append((statement, parameters))
+
+    event.listen(Engine, "before_cursor_execute", capture)
+    try:
+        await ledger.write(lambda tx: tx.reverse_credit(txn.id, "fraud"))
+    finally:
+        event.remove(Engine, "before_cursor_execute", capture)
+    assert lot_reads
+    with sqlite3.connect(database_url.split("///", 1)[1]) as raw:
+        plans = [
+            " / ".join(row[3] for row in raw.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+            for sql, params in lot_reads
+        ]
+    assert not [plan for plan in plans if "SCAN lots" in plan], plans

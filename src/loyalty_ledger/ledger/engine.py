@@ -1356,9 +1356,13 @@ class PostingTx(Reader):
         assert original.wallet_id is not None
         # A frozen wallet can still be clawed back (fraud); a closed one is read only.
         self._require_open(await self._lock_wallet(original.wallet_id))
+        # Through the wallet's index: the credit's lot stays in its wallet (a merge copies it).
         row = (
             await self.conn.execute(
-                select(t.lots).where(t.lots.c.source_transaction_id == transaction_id)
+                select(t.lots).where(
+                    t.lots.c.wallet_id == original.wallet_id,
+                    t.lots.c.source_transaction_id == transaction_id,
+                )
             )
         ).one()
         lot = LotRecord.from_row(row)
