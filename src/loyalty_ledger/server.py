@@ -120,6 +120,8 @@ class App:
             )
         self.health = health_aio.HealthServicer()
         self.keys = KeyCache(self.ledger, settings.auth_cache_seconds)
+        # Set once SERVING (tests wait for it); calls that come earlier wait for it in auth.
+        self.serving = asyncio.Event()
         self.interceptors: list[grpc.aio.ServerInterceptor] = [
             # Before authentication: an oversized request is refused unparsed.
             MessageLimits(settings.message_bytes_max),
@@ -128,6 +130,7 @@ class App:
                 self.keys,
                 unary_seconds_max=settings.unary_seconds_max,
                 streams_per_key_max=settings.streams_per_key_max,
+                ready=self.serving,
             ),
         ]
         # Outermost first: call metrics and the log context see every call, also the ones
@@ -149,7 +152,6 @@ class App:
             ],
         )
         self._tasks: list[asyncio.Task[None]] = []
-        self.serving = asyncio.Event()  # set once SERVING (tests wait for it)
         self.port = 0
 
     async def start(self) -> int:

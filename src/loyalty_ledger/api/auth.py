@@ -4,7 +4,10 @@ Every method of every service needs `authorization: Bearer <secret>` metadata, s
 included; only health and reflection are open. The interceptor finds the key (a short cache
 in front of the database), refuses a missing, unknown or revoked key with UNAUTHENTICATED,
 checks what the role may do with PERMISSION_DENIED (before the handler runs, so a refused
-call changes nothing), and runs the call with the key as its idempotency scope.
+call changes nothing), and runs the call with the key as its idempotency scope. A call that
+comes while the server is still starting (database not yet migrated, admin key not yet set
+up) waits for it, briefly, and otherwise ends UNAVAILABLE `SERVER_STARTING`: an honest,
+retryable answer instead of UNAUTHENTICATED for a key that merely does not exist yet.
 
 Roles: ADMIN may do everything. READER may call every read (Get*, List*, Quote*, Evaluate*,
 Watch*, Export*). SUBSCRIBER may only watch, limited to its schemes when it has any. MERCHANT
@@ -32,6 +35,7 @@ from loyalty_ledger.domain.errors import (
     PermissionDenied,
     ResourceExhausted,
     Unauthenticated,
+    Unavailable,
 )
 from loyalty_ledger.ledger import api_keys
 from loyalty_ledger.ledger import settlement as statements
@@ -51,6 +55,11 @@ OPEN_SERVICES = frozenset(
 ADMIN_ONLY_SERVICES = frozenset({"loyalty.v1.AdminService", "loyalty.v1.TestClockService"})
 READ_PREFIXES = ("Get", "List", "Quote", "Evaluate", "Watch", "Export")
 CACHE_ENTRIES_MAX = 10_000
+# How long a call that comes before the server is ready waits for it (never past its own
+# deadline) before it ends UNAVAILABLE SERVER_STARTING.
+READY_WAIT_SECONDS_MAX = 10.0
+# Give up this much before the caller's deadline, so it gets the reason, not DEADLINE_EXCEEDED.
+READY_WAIT_DEADLINE_MARGIN_SECONDS = 0.05
 
 
 class KeyCache:
@@ -302,7 +311,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Also enforces two per-call limits: a unary call's time (`unary_seconds_max`: past it
     the call ends DEADLINE_EXCEEDED; a write it had handed to the writer may still commit, so
     the caller retries with the same request_id to learn the outcome) and the streams one key
-    may hold open at once (`streams_per_key_max`: RESOURCE_EXHAUSTED beyond it)."""
+    may hold open at once (`streams_per_key_max`: RESOURCE_EXHAUSTED beyond it).
+
+    `ready` is set once the server can authenticate (database migrated, admin key in place);
+    until then calls wait for it up to `ready_wait_seconds_max`. None: always ready."""
 
     def __init__(
         self,
@@ -311,17 +323,47 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         *,
         unary_seconds_max: float = 60.0,
         streams_per_key_max: int = 100,
+        ready: asyncio.Event | None = None,
+        ready_wait_seconds_max: float = READY_WAIT_SECONDS_MAX,
     ) -> None:
         self.ledger = ledger
         self.keys = keys
+        self.ready = ready
+        self.ready_wait_seconds_max = ready_wait_seconds_max
         self.unary_seconds_max = unary_seconds_max
         self.streams_per_key_max = streams_per_key_max
         self._streams: dict[str, int] = {}
+
+    async def _until_ready(self, context: Any) -> None:
+        """Wait for the server to be ready, bounded by the limit and the call's deadline."""
+        assert self.ready is not None
+        ready = self.ready
+        wait_s = self.ready_wait_seconds_max
+        remaining_s = context.time_remaining()
+        if remaining_s is not None:
+            wait_s = min(wait_s, max(remaining_s - READY_WAIT_DEADLINE_MARGIN_SECONDS, 0.0))
+        try:
+            async with asyncio.timeout(wait_s):
+                await ready.wait()
+        except TimeoutError:
+            raise Unavailable(
+                "the server is starting: its database is not migrated to the newest schema "
+                "or its admin API key is not set up yet (health reports NOT_SERVING until "
+                f"then); waited {wait_s:g} s, retry shortly",
+                reason="SERVER_STARTING",
+                waited_seconds=f"{wait_s:g}",
+                limit="READY_WAIT_SECONDS_MAX",
+                limit_seconds=f"{self.ready_wait_seconds_max:g}",
+            ) from None
 
     async def _admit(self, method: str, request: Any, context: Any) -> ApiKeyRecord:
         secret = _secret(context)
         if not secret:
             raise Unauthenticated("send `authorization: Bearer <api key>` metadata")
+        # Before the lookup: until the admin key is set up, a valid key looks unknown. Once
+        # ready, checking the set event is all this costs.
+        if self.ready is not None and not self.ready.is_set():
+            await self._until_ready(context)
         key = await self.keys.find(secret)
         if key is None:
             raise Unauthenticated("unknown API key")
@@ -348,7 +390,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             async def unary(request: Any, context: Any) -> Any:
                 try:
                     key = await admit(method, request, context)
-                except (Unauthenticated, PermissionDenied) as error:
+                except (Unauthenticated, PermissionDenied, Unavailable) as error:
                     await abort_for(context, error, method)
                     raise  # pragma: no cover - abort raises
                 token = caller_scope.set(key.id)
@@ -379,7 +421,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             async def stream(request: Any, context: Any) -> Any:
                 try:
                     key = await admit(method, request, context)
-                except (Unauthenticated, PermissionDenied) as error:
+                except (Unauthenticated, PermissionDenied, Unavailable) as error:
                     await abort_for(context, error, method)
                     raise  # pragma: no cover - abort raises
                 caller_scope.set(key.id)  # the call's own task: nothing to restore
