@@ -14,7 +14,8 @@ database, and every row the ledger needs is written from it with INSERT ... SELE
 
 Per lot, that is the lot's own row, one allocation and one event (migration 0016 dropped a
 separate `lot_expirations` row), and the expiry index holds open lots only, so an expired
-lot leaves it rather than moving within it.
+lot leaves it rather than moving within it. Lots are stored wallet by wallet (migration
+0017), so the chunk's lots, taken wallet by wallet, share their pages.
 
 Value still held by an active hold is not touched (it stays held; see docs/expiry.md).
 """
@@ -75,6 +76,22 @@ chunk_wallets = Table(
     postgresql_on_commit="DELETE ROWS",
 )
 
+# What the chunk moves per wallet, expiry account and asset: aggregated from the lots once,
+# for the EXPIRE entries and both sides of their postings.
+chunk_legs = Table(
+    "chunk_legs",
+    _scratch,
+    Column("wallet_n", Integer, nullable=False),
+    Column("wallet_id", String(64), nullable=False),
+    Column("scheme_id", String(64), nullable=False),
+    Column("account", String(200), nullable=False),
+    Column("asset", String(12), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    prefixes=["TEMPORARY"],
+    postgresql_on_commit="DELETE ROWS",
+)
+_SCRATCH_TABLES = (expiry_chunk, chunk_wallets, chunk_legs)
+
 _LOT_COLUMNS = (
     "lot_id",
     "wallet_id",
@@ -103,31 +120,34 @@ _STATEMENTS = (
     UPDATE expiry_chunk SET wallet_n = w.wallet_n, customer_ref = w.customer_ref
     FROM chunk_wallets AS w WHERE w.wallet_id = expiry_chunk.wallet_id
     """,
+    # The value each wallet loses, per expiry account and asset (rule 7: a promotional lot's
+    # value goes back to its sponsor, cash value to breakage).
+    """
+    INSERT INTO chunk_legs (wallet_n, wallet_id, scheme_id, account, asset, amount)
+    SELECT wallet_n, wallet_id, scheme_id, account, asset, SUM(remaining) FROM (
+        SELECT wallet_n, wallet_id, scheme_id, asset, remaining,
+               CASE WHEN funding = 'PROMOTIONAL'
+                    THEN 'sponsor:' || scheme_id || ':' || sponsor_id
+                    ELSE 'breakage:' || scheme_id END AS account
+        FROM expiry_chunk WHERE remaining > 0
+    ) by_account
+    GROUP BY wallet_n, wallet_id, scheme_id, account, asset
+    """,
     # One EXPIRE entry per wallet that loses value.
     f"""
     INSERT INTO transactions (id, type, scheme_id, wallet_id, reference, metadata, created_at_us)
     SELECT {_TXN_ID}, 'EXPIRE', MIN(scheme_id), wallet_id, '', {_RUN_METADATA}, :now_us
-    FROM expiry_chunk WHERE remaining > 0
-    GROUP BY wallet_n, wallet_id ORDER BY wallet_n
+    FROM chunk_legs GROUP BY wallet_n, wallet_id ORDER BY wallet_n
     """,
     # Its postings: the wallet leg per asset first, then the expiry accounts (sum zero).
     f"""
     INSERT INTO postings (transaction_id, account, asset, amount)
     SELECT {_TXN_ID}, account, asset, amount FROM (
         SELECT wallet_n, 0 AS leg, 'wallet:' || wallet_id AS account, asset,
-               -SUM(remaining) AS amount
-        FROM expiry_chunk WHERE remaining > 0
-        GROUP BY wallet_n, wallet_id, asset
+               -SUM(amount) AS amount
+        FROM chunk_legs GROUP BY wallet_n, wallet_id, asset
         UNION ALL
-        SELECT wallet_n, 1 AS leg, account, asset, SUM(remaining) AS amount
-        FROM (
-            SELECT wallet_n, asset, remaining,
-                   CASE WHEN funding = 'PROMOTIONAL'
-                        THEN 'sponsor:' || scheme_id || ':' || sponsor_id
-                        ELSE 'breakage:' || scheme_id END AS account
-            FROM expiry_chunk WHERE remaining > 0
-        ) by_account
-        GROUP BY wallet_n, account, asset
+        SELECT wallet_n, 1 AS leg, account, asset, amount FROM chunk_legs
     ) legs
     ORDER BY wallet_n, leg, account, asset
     """,
@@ -151,13 +171,14 @@ _STATEMENTS = (
     # The lots give up exactly the amounts posted above (not whatever they hold by now): had
     # any of it gone meanwhile, `remaining` would go negative and its CHECK refuse the chunk.
     # Rule 5 in the schema: the trigger `lots_expire_once` refuses a lot that has an
-    # `expired_at_us` already, so a second expiry of any lot fails the whole chunk.
+    # `expired_at_us` already, so a second expiry of any lot fails the whole chunk. The lots
+    # are found by their primary key (wallet, lot), so in the order they are stored.
     """
     UPDATE lots SET expired = lots.expired + e.remaining,
                     remaining = lots.remaining - e.remaining,
                     state = 'EXPIRED',
                     expired_at_us = :now_us
-    FROM expiry_chunk AS e WHERE lots.id = e.lot_id
+    FROM expiry_chunk AS e WHERE lots.wallet_id = e.wallet_id AND lots.id = e.lot_id
     """,
 )
 
@@ -196,8 +217,8 @@ async def expire_whole_lots(
     The caller guarantees the lots are OPEN.
     """
     await conn.run_sync(lambda sync: _scratch.create_all(sync, checkfirst=True))
-    await conn.execute(expiry_chunk.delete())
-    await conn.execute(chunk_wallets.delete())
+    for scratch in _SCRATCH_TABLES:
+        await conn.execute(scratch.delete())
     lots = picked.subquery("picked")
     await conn.execute(
         expiry_chunk.insert().from_select(
@@ -217,6 +238,6 @@ async def expire_whole_lots(
         }
         for statement in _statements(conn.dialect.name):
             await conn.execute(statement, params)
-        await conn.execute(expiry_chunk.delete())
-        await conn.execute(chunk_wallets.delete())
+        for scratch in _SCRATCH_TABLES:
+            await conn.execute(scratch.delete())
     return count
