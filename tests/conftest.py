@@ -22,8 +22,7 @@ from loyalty.v1 import offer_pb2_grpc, settlement_pb2_grpc, wallet_pb2_grpc
 
 from loyalty_ledger.clock import TestClock
 from loyalty_ledger.ledger import migrate
-from loyalty_ledger.settings import Settings
-from tests.helpers import TEST_ADMIN_KEY, open_channel
+from tests.helpers import TEST_ADMIN_KEY, open_channel, server_settings
 
 if TYPE_CHECKING:
     from loyalty_ledger.server import App
@@ -114,14 +113,7 @@ async def app(database_url: str, clock: TestClock) -> AsyncIterator[App]:
     """A real server on a free loopback port, SERVING before the test starts."""
     from loyalty_ledger.server import App  # only the end-to-end tests need the server
 
-    settings = Settings(
-        host="127.0.0.1",
-        port=0,
-        database_url=database_url,
-        watch_heartbeat_seconds=1.0,
-        admin_key=TEST_ADMIN_KEY,
-        metrics=False,
-    )
+    settings = server_settings(database_url)
     server = App(settings, clock=clock)
     await server.start()
     await asyncio.wait_for(server.serving.wait(), timeout=10)  # SERVING, admin key in place

@@ -12,10 +12,24 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2, status_pb2
 from loyalty.v1 import common_pb2, offer_pb2, wallet_pb2
 
+from loyalty_ledger.settings import Settings
+
 _ids = itertools.count(1)
 
 # The ADMIN key every test server accepts (LOYALTY_ADMIN_KEY); clients send it by default.
 TEST_ADMIN_KEY = "test-admin-key-for-the-suite"
+
+
+def server_settings(database_url: str) -> Settings:
+    """A test server's settings: loopback on a free port, the suite's admin key, no metrics."""
+    return Settings(
+        host="127.0.0.1",
+        port=0,
+        database_url=database_url,
+        watch_heartbeat_seconds=1.0,
+        admin_key=TEST_ADMIN_KEY,
+        metrics=False,
+    )
 
 
 def _with_key(details: Any, key: str) -> Any:

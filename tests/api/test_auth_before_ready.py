@@ -25,8 +25,7 @@ from loyalty_ledger import server as server_module
 from loyalty_ledger.api.auth import AuthInterceptor
 from loyalty_ledger.clock import TestClock
 from loyalty_ledger.server import App
-from loyalty_ledger.settings import Settings
-from tests.helpers import TEST_ADMIN_KEY, error_info, open_channel, rpc_error
+from tests.helpers import error_info, open_channel, rpc_error, server_settings
 
 SHORT_WAIT_S = 0.5  # the readiness wait of the test server, instead of its 10 s
 
@@ -52,14 +51,7 @@ async def starting(
 
     monkeypatch.setattr(App, "is_ready", is_ready)
     monkeypatch.setattr(server_module, "READINESS_POLL_SECONDS", 0.05)
-    settings = Settings(
-        host="127.0.0.1",
-        port=0,
-        database_url=database_url,
-        watch_heartbeat_seconds=1.0,
-        admin_key=TEST_ADMIN_KEY,
-        metrics=False,
-    )
+    settings = server_settings(database_url)
     app = App(settings, clock=clock)
     (auth,) = (i for i in app.interceptors if isinstance(i, AuthInterceptor))
     auth.ready_wait_seconds_max = SHORT_WAIT_S

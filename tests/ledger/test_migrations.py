@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from sqlalchemy import event, inspect, text
+from sqlalchemy.engine import Inspector
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -13,13 +16,18 @@ from loyalty_ledger.ledger import migrate
 from loyalty_ledger.ledger import tables as t
 
 
-async def _indexes(url: str, table: str) -> dict[str, list[str]]:
+async def _inspected(url: str, look: Callable[[Inspector], Any]) -> Any:
+    """What `look` finds with SQLAlchemy's inspector on the database at `url`."""
     engine = create_async_engine(url)
     try:
         async with engine.connect() as conn:
-            found = await conn.run_sync(lambda sync: inspect(sync).get_indexes(table))
+            return await conn.run_sync(lambda sync: look(inspect(sync)))
     finally:
         await engine.dispose()
+
+
+async def _indexes(url: str, table: str) -> dict[str, list[str]]:
+    found = await _inspected(url, lambda inspector: inspector.get_indexes(table))
     # (PostgreSQL also lists the index behind each unique constraint; those are constraints,
     # compared with tables.py by the test below.)
     return {
@@ -106,12 +114,7 @@ async def test_0016_moves_each_expiry_onto_its_lot_and_its_run_onto_the_entry(
 
 
 async def _primary_key(url: str, table: str) -> list[str]:
-    engine = create_async_engine(url)
-    try:
-        async with engine.connect() as conn:
-            found = await conn.run_sync(lambda sync: inspect(sync).get_pk_constraint(table))
-    finally:
-        await engine.dispose()
+    found = await _inspected(url, lambda inspector: inspector.get_pk_constraint(table))
     return list(found["constrained_columns"])
 
 
