@@ -64,6 +64,10 @@ def _rebuild_sqlite_lots(old_key: str, new_key: str, *, with_rowid: bool) -> Non
         raise RuntimeError(f"lots is not as this migration expects: {ddl}")
     # (After a rename SQLite keeps the name quoted: `CREATE TABLE "lots"`.)
     ddl = re.sub(r'^CREATE TABLE\s+"?lots"?', "CREATE TABLE lots_rebuilt", ddl)
+    # CREATE TABLE commits by itself (pysqlite opens the transaction at the INSERT), so an
+    # attempt killed before the end may have left an empty `lots_rebuilt` behind; the rest
+    # is one transaction with the revision's own update.
+    op.execute("DROP TABLE IF EXISTS lots_rebuilt")
     ddl = ddl.replace(old_key, new_key).rstrip()
     ddl = ddl.removesuffix(" WITHOUT ROWID") if with_rowid else ddl + " WITHOUT ROWID"
     op.execute(ddl)
