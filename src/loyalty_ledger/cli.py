@@ -523,9 +523,12 @@ def _run_in_process(kind_name: str, database_url: str | None) -> None:
         try:
             clock = SystemClock()
             ledger = Ledger(db, clock, idempotency_retention_us=0)
-            done = await Runner(ledger, chunk_max=settings.run_chunk_max, decode=decode_offer).run(
-                RunKind(kind_name), clock.now_us(), "cli"
-            )
+            done = await Runner(
+                ledger,
+                chunk_max=settings.run_chunk_max,
+                expiry_chunk_max=settings.expiry_chunk_max,
+                decode=decode_offer,
+            ).run(RunKind(kind_name), clock.now_us(), "cli")
         finally:
             await db.close()
         typer.echo(

@@ -98,6 +98,7 @@ class App:
         self.runner = Runner(
             self.ledger,
             chunk_max=settings.run_chunk_max,
+            expiry_chunk_max=settings.expiry_chunk_max,
             decode=decode_offer,
             settlement_period=Period(settings.settlement_period),
             observe=self.metrics.run_ended,

@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     run_chunk_max: int = Field(
         2_000, ge=1, le=100_000, description="Items per run chunk (one database transaction)."
     )
+    expiry_chunk_max: int = Field(
+        4_000,
+        ge=1,
+        le=100_000,
+        description="Lots per chunk of an expiry or inactivity run (one database transaction).",
+    )
     expiry_interval_seconds: float = Field(60.0, gt=0, le=86_400)
     warning_interval_seconds: float = Field(300.0, gt=0, le=86_400)
     hold_timeout_interval_seconds: float = Field(30.0, gt=0, le=86_400)

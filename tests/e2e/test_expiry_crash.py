@@ -117,7 +117,7 @@ async def test_sigkill_during_an_expiry_run_then_restart_expires_each_lot_once(
         **os.environ,
         "LOYALTY_PORT": str(port),
         "LOYALTY_DATABASE_URL": url,
-        "LOYALTY_RUN_CHUNK_MAX": "250",
+        "LOYALTY_EXPIRY_CHUNK_MAX": "250",
         "LOYALTY_SCHEDULER": "false",  # the restart finishes the run; no schedule needed
     }
     server = await _start(env)

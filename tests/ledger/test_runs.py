@@ -147,6 +147,30 @@ async def test_lots_not_yet_due_are_left_alone(ledger: Ledger, clock: TestClock)
     assert await count(ledger, t.lots, t.lots.c.state == LotState.OPEN.value) == 2
 
 
+async def test_expiry_runs_have_a_chunk_size_of_their_own(ledger: Ledger, clock: TestClock) -> None:
+    """`expiry_chunk_max` sizes the chunks of the set-based expiry run; the other runs keep
+    `chunk_max`, and without it expiry does too."""
+    await setup_lots(ledger, clock, [1] * 12, wallets=3)
+    runner = Runner(ledger, chunk_max=2, expiry_chunk_max=5)
+    warned = await runner.run(RunKind.EXPIRY_WARNING, clock.now_us(), "test")
+    assert warned.items_processed > 2
+    assert warned.chunks_committed == -(-warned.items_processed // 2)
+    clock.advance(timedelta(hours=1))
+    run = await runner.run(RunKind.EXPIRY, clock.now_us(), "test")
+    assert (run.items_processed, run.chunks_committed) == (12, 3)
+    with pytest.raises(ValueError, match="positive"):
+        Runner(ledger, chunk_max=2, expiry_chunk_max=0)
+
+
+async def test_expiry_chunks_follow_chunk_max_without_a_size_of_their_own(
+    ledger: Ledger, clock: TestClock
+) -> None:
+    await setup_lots(ledger, clock, [1] * 12, wallets=3)
+    clock.advance(timedelta(hours=1))
+    run = await Runner(ledger, chunk_max=2).run(RunKind.EXPIRY, clock.now_us(), "test")
+    assert (run.items_processed, run.chunks_committed) == (12, 6)
+
+
 async def test_an_interrupted_run_resumes_and_expires_the_rest_exactly_once(
     ledger: Ledger, clock: TestClock
 ) -> None:

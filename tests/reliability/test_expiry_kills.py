@@ -186,7 +186,7 @@ async def test_expiry_run_killed_many_times_expires_each_lot_once(
 ) -> None:
     total = await seed(database_url, LOTS, WALLETS)
     server = ServerProcess(
-        database_url, tmp_path, LOYALTY_RUN_CHUNK_MAX=str(CHUNK), LOYALTY_SCHEDULER="false"
+        database_url, tmp_path, LOYALTY_EXPIRY_CHUNK_MAX=str(CHUNK), LOYALTY_SCHEDULER="false"
     )
     rng = random.Random(6)
     try:

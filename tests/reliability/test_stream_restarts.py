@@ -170,6 +170,7 @@ async def test_no_event_lost_or_doubled_across_restarts_and_drops(
         database_url,
         tmp_path,
         LOYALTY_RUN_CHUNK_MAX="3",
+        LOYALTY_EXPIRY_CHUNK_MAX="3",
         LOYALTY_SCHEDULER="false",
         LOYALTY_WATCH_HEARTBEAT_SECONDS="1",
         LOYALTY_WATCH_POLL_SECONDS="0.05",
