@@ -85,7 +85,7 @@ class Settings(BaseSettings):
         4_000,
         ge=1,
         le=100_000,
-        description="Lots per chunk of an expiry or inactivity run (one database transaction).",
+        description="Lots per chunk of an expiry run (one database transaction).",
     )
     expiry_interval_seconds: float = Field(60.0, gt=0, le=86_400)
     warning_interval_seconds: float = Field(300.0, gt=0, le=86_400)

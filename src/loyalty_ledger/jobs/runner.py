@@ -31,10 +31,11 @@ INTERRUPTED = "INTERRUPTED"
 STOPPING = "the server is shutting down; the run resumes at the next start"
 
 RUN_CHUNK_MAX_DEFAULT = 2_000
-# Expiry and inactivity chunks are set-based (ledger/expiry_chunk.py): a few statements for
-# any number of lots, about 20 µs per lot on SQLite here. Part of each chunk's cost is its
+# Expiry chunks are set-based (ledger/expiry_chunk.py): a few statements for any number of
+# lots, about 20 µs per lot on SQLite here. Part of each chunk's cost is its
 # commit (one WAL fsync, about 2 ms), so bigger chunks expire more lots per second; 4,000
-# lots hold the one SQLite writer for about 80 ms (docs/expiry.md, "Performance").
+# lots hold the one SQLite writer for about 80 ms (docs/expiry.md, "Performance"). The
+# inactivity run keeps `chunk_max`: it also looks for each lot's recent activity (unmeasured).
 EXPIRY_CHUNK_MAX_DEFAULT = 4_000
 # The order a full pass takes: holds first (their value may then expire), warnings last.
 RUN_ORDER = (
@@ -61,7 +62,7 @@ class Runner:
         observe: RunObserver | None = None,
     ) -> None:
         """`chunk_max` items per chunk, and `expiry_chunk_max` lots per chunk of the set-based
-        EXPIRY and INACTIVITY runs (None: `chunk_max` as well). `decode` turns stored offers
+        EXPIRY run (None: `chunk_max` as well). `decode` turns stored offers
         into domain offers (the API layer's); without it there is no BIRTHDAY run (it
         evaluates offers)."""
         lots_max = chunk_max if expiry_chunk_max is None else expiry_chunk_max
@@ -81,7 +82,7 @@ class Runner:
                 run.as_of_us, chunk_max
             ),
             RunKind.INACTIVITY: lambda tx, run: tx.expire_inactive_chunk(
-                run.id, run.as_of_us, lots_max
+                run.id, run.as_of_us, chunk_max
             ),
             RunKind.TIER_REVIEW: lambda tx, run: tiers.review_chunk(
                 tx, run.id, run.as_of_us, chunk_max
