@@ -8,7 +8,7 @@ from dataclasses import replace
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import BigInteger, func, literal, select, update
+from sqlalchemy import BigInteger, func, literal, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from loyalty_ledger.clock import TestClock
@@ -16,6 +16,7 @@ from loyalty_ledger.domain.errors import InvalidArgument
 from loyalty_ledger.domain.expiry import Inactivity
 from loyalty_ledger.domain.spend_order import Funding
 from loyalty_ledger.jobs.runner import Runner
+from loyalty_ledger.ledger import expiry_chunk
 from loyalty_ledger.ledger import tables as t
 from loyalty_ledger.ledger.engine import CreditCommand, DebitCommand, Tx
 from loyalty_ledger.ledger.expiry_chunk import expire_whole_lots
@@ -160,6 +161,29 @@ async def test_expiry_runs_have_a_chunk_size_of_their_own(ledger: Ledger, clock:
     assert (run.items_processed, run.chunks_committed) == (12, 3)
     with pytest.raises(ValueError, match="positive"):
         Runner(ledger, chunk_max=2, expiry_chunk_max=0)
+
+
+async def test_a_long_lived_connection_numbers_past_32_bits(
+    ledger: Ledger, clock: TestClock
+) -> None:
+    """On PostgreSQL the scratch tables' sequences keep counting for as long as the connection
+    lives (ON COMMIT DELETE ROWS empties the rows, not the sequences): the numbers must not
+    overflow a 32-bit integer."""
+    if ledger.db.is_sqlite:
+        pytest.skip("PostgreSQL's sequences; SQLite's rowids are 64-bit")
+    wallets = await setup_lots(ledger, clock, [1] * 6, wallets=3)
+    clock.advance(timedelta(hours=1))
+
+    async def chunk(tx: Tx) -> int:
+        await tx.conn.run_sync(lambda sync: expiry_chunk._scratch.create_all(sync))
+        for table, column in (("chunk_wallets", "wallet_n"), ("expiry_chunk", "n")):
+            await tx.conn.execute(
+                text(f"SELECT setval(pg_get_serial_sequence('{table}', '{column}'), 2147483647)")
+            )
+        return await tx.expire_due_chunk(None, clock.now_us(), 100)
+
+    assert await ledger.write(chunk) == 6
+    assert await expired_by_wallet(ledger) == {wallet: 2 for wallet in wallets}
 
 
 async def test_expiry_chunks_follow_chunk_max_without_a_size_of_their_own(

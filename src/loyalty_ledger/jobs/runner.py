@@ -32,10 +32,10 @@ STOPPING = "the server is shutting down; the run resumes at the next start"
 
 RUN_CHUNK_MAX_DEFAULT = 2_000
 # Expiry chunks are set-based (ledger/expiry_chunk.py): a few statements for any number of
-# lots, about 20 µs per lot on SQLite here. Part of each chunk's cost is its
-# commit (one WAL fsync, about 2 ms), so bigger chunks expire more lots per second; 4,000
-# lots hold the one SQLite writer for about 80 ms (docs/expiry.md, "Performance"). The
-# inactivity run keeps `chunk_max`: it also looks for each lot's recent activity (unmeasured).
+# lots, about 20 µs per lot on SQLite here. Part of each chunk's cost is its commit (one WAL
+# fsync, about 2 ms), so bigger chunks expire more lots per second; 4,000 lots hold the one
+# SQLite writer for about 80 ms (docs/expiry.md, "Performance"). The inactivity run keeps
+# `chunk_max`: it also looks for each lot's recent activity (unmeasured).
 EXPIRY_CHUNK_MAX_DEFAULT = 4_000
 # The order a full pass takes: holds first (their value may then expire), warnings last.
 RUN_ORDER = (
@@ -62,9 +62,8 @@ class Runner:
         observe: RunObserver | None = None,
     ) -> None:
         """`chunk_max` items per chunk, and `expiry_chunk_max` lots per chunk of the set-based
-        EXPIRY run (None: `chunk_max` as well). `decode` turns stored offers
-        into domain offers (the API layer's); without it there is no BIRTHDAY run (it
-        evaluates offers)."""
+        EXPIRY run (None: `chunk_max` as well). `decode` turns stored offers into domain offers
+        (the API layer's); without it there is no BIRTHDAY run (it evaluates offers)."""
         lots_max = chunk_max if expiry_chunk_max is None else expiry_chunk_max
         if chunk_max < 1 or lots_max < 1:
             raise ValueError("chunk_max and expiry_chunk_max must be positive")

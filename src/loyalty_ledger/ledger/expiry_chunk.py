@@ -47,13 +47,15 @@ from loyalty_ledger.ledger.ids import new_id
 # numbers come from their autoincrementing keys in insertion order (the rowid on SQLite, a
 # sequence on PostgreSQL), not from window functions, which cost more than the rest of the
 # copy together. They only need to be unique within the chunk (ids carry a fresh prefix).
-# PostgreSQL empties them at every commit (it never vacuums temporary tables by itself).
+# PostgreSQL empties them at every commit (it never vacuums temporary tables by itself), but
+# its sequences keep counting for as long as the connection lives: the numbers are BIGINT.
 _scratch = MetaData()
+_Number = BigInteger().with_variant(Integer(), "sqlite")
 expiry_chunk = Table(
     "expiry_chunk",
     _scratch,
-    Column("n", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),  # lot
-    Column("wallet_n", Integer, nullable=True),  # the wallet's number, from chunk_wallets
+    Column("n", _Number, primary_key=True),  # lot
+    Column("wallet_n", _Number, nullable=True),  # the wallet's number, from chunk_wallets
     Column("lot_id", String(64), nullable=False),
     Column("wallet_id", String(64), nullable=False),
     Column("scheme_id", String(64), nullable=False),
@@ -69,7 +71,7 @@ expiry_chunk = Table(
 chunk_wallets = Table(
     "chunk_wallets",
     _scratch,
-    Column("wallet_n", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    Column("wallet_n", _Number, primary_key=True),
     Column("wallet_id", String(64), nullable=False, unique=True),
     Column("customer_ref", String(128), nullable=False),
     prefixes=["TEMPORARY"],
@@ -81,7 +83,7 @@ chunk_wallets = Table(
 chunk_legs = Table(
     "chunk_legs",
     _scratch,
-    Column("wallet_n", Integer, nullable=False),
+    Column("wallet_n", _Number, nullable=False),
     Column("wallet_id", String(64), nullable=False),
     Column("scheme_id", String(64), nullable=False),
     Column("account", String(200), nullable=False),
